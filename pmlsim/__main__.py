@@ -1,0 +1,5 @@
+import sys
+
+from pmlsim.cli import main
+
+sys.exit(main())

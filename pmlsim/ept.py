@@ -1,0 +1,106 @@
+"""The EPT: leaves of 4 KiB, 2 MiB and 1 GiB, each with one W and one D bit, and the vCPUs' TLBs.
+
+Leaf ids: the 4 KiB leaf of GFN g has id g (it exists only while no superpage covers g);
+superpage k has id ``n_pages + k``. ``leaf_of_gfn`` says which leaf maps each GFN now.
+
+The TLB model (SDM 28.2.4, "a processor may cache information from the EPT paging-structure
+entries"): a vCPU that wrote through a leaf caches it as dirty. If software then clears the D bit
+in memory, that vCPU's later writes through the cached entry set no D bit and log nothing until
+an INVEPT empties its TLB. We keep, per leaf, a 64-bit mask of the vCPUs caching it as dirty.
+TLB capacity is not modelled: an entry stays until INVEPT (documented in docs/model.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pmlsim.config import LEAF_PAGES
+
+LEAF_NAMES = {1: "4k", 512: "2m", 512 * 512: "1g"}
+
+
+class Ept:
+    """Extended page tables shared by every vCPU of the guest."""
+
+    def __init__(self, n_pages: int, superpages: list[tuple[int, int, str]]):
+        self.n_pages = n_pages
+        bases: list[np.ndarray] = []
+        sizes: list[np.ndarray] = []
+        for start, end, leaf in superpages:
+            size = LEAF_PAGES[leaf]
+            b = np.arange(start, end, size, dtype=np.int64)
+            bases.append(b)
+            sizes.append(np.full(len(b), size, dtype=np.int64))
+        sp_base = np.concatenate(bases) if bases else np.zeros(0, np.int64)
+        sp_size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+        self.n_superpages = len(sp_base)
+        n_leaves = n_pages + self.n_superpages
+        self.leaf_base = np.concatenate([np.arange(n_pages, dtype=np.int64), sp_base])
+        self.leaf_pages = np.concatenate([np.ones(n_pages, dtype=np.int64), sp_size])
+        self.leaf_of_gfn = np.arange(n_pages, dtype=np.int64)
+        for k in range(self.n_superpages):
+            b, s = int(sp_base[k]), int(sp_size[k])
+            self.leaf_of_gfn[b : b + s] = n_pages + k
+        #: W bit (writable) and D bit (dirty) per leaf
+        self.w_bit = np.ones(n_leaves, dtype=bool)
+        self.d_bit = np.zeros(n_leaves, dtype=bool)
+        #: per leaf, bit v set when vCPU v caches the leaf as dirty in its TLB
+        self.tlb_dirty = np.zeros(n_leaves, dtype=np.uint64)
+        self.split = np.zeros(self.n_superpages, dtype=bool)
+
+    # ------------------------------------------------------------ queries
+    def is_superpage(self, leaf: np.ndarray | int) -> np.ndarray | bool:
+        return np.asarray(leaf) >= self.n_pages
+
+    def leaf_gfns(self, leaf: int) -> np.ndarray:
+        """Every 4 KiB GFN mapped by ``leaf``."""
+        b = int(self.leaf_base[leaf])
+        return np.arange(b, b + int(self.leaf_pages[leaf]), dtype=np.int64)
+
+    def superpage_leaves(self) -> np.ndarray:
+        """Ids of the superpage leaves that still exist (not split)."""
+        return self.n_pages + np.flatnonzero(~self.split)
+
+    # ------------------------------------------------------------ hypervisor actions
+    def start_logging(self, write_protect_superpages: bool) -> None:
+        """Dirty logging starts: every D bit cleared; superpages write-protected if asked."""
+        self.d_bit[:] = False
+        if write_protect_superpages:
+            self.w_bit[self.superpage_leaves()] = False
+
+    def split_superpage(self, leaf: int) -> int:
+        """Replace superpage ``leaf`` by 4 KiB leaves (W=1, D=0, not in any TLB).
+
+        Xen's ``ept_split_super_page`` splits all the way to 4 KiB in one go; the children
+        inherit the log-dirty type, so they are writable with D=0. Returns the entries written.
+        """
+        k = leaf - self.n_pages
+        assert k >= 0 and not self.split[k]
+        gfns = self.leaf_gfns(leaf)
+        self.leaf_of_gfn[gfns] = gfns
+        self.w_bit[gfns] = True
+        self.d_bit[gfns] = False
+        self.tlb_dirty[gfns] = 0
+        self.split[k] = True
+        self.w_bit[leaf] = False
+        self.d_bit[leaf] = False
+        self.tlb_dirty[leaf] = 0
+        return len(gfns)
+
+    def recoalesce(self) -> int:
+        """Rebuild every split superpage (what Xen cannot do). Returns how many."""
+        idx = np.flatnonzero(self.split)
+        for k in idx:
+            leaf = self.n_pages + int(k)
+            self.leaf_of_gfn[self.leaf_gfns(leaf)] = leaf
+            self.w_bit[leaf] = True
+        self.split[idx] = False
+        return len(idx)
+
+    def clear_d_bits(self, gfns: np.ndarray) -> None:
+        """Re-arm logging for ``gfns``: clear the D bit of the leaves that map them (in memory only)."""
+        self.d_bit[self.leaf_of_gfn[gfns]] = False
+
+    def invept(self) -> None:
+        """INVEPT (single context): every vCPU's cached EPT translations are dropped."""
+        self.tlb_dirty[:] = 0

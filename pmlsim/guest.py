@@ -1,0 +1,269 @@
+"""Guest execution: the vCPUs' writes going through the EPT, the TLBs and the PML buffers.
+
+Ordering rule, shared by both engines: writes retire in order of (time, vCPU index, program
+order); at equal times every hypervisor or consumer action scheduled for that nanosecond goes
+first (writes are SimPy events of the lowest priority).
+
+* ``reference`` engine: one SimPy event per write, each processed alone with scalar code.
+* ``fast`` engine (default): the writes of all running vCPUs up to the next scheduled event
+  (``env.peek()``) are merged in time order and processed as numpy arrays. A window is cut
+  exactly at the first write that changes what follows: a PML-full write or a write to a
+  write-protected leaf (both take a VM exit there). Within a window D bits only go 0 -> 1, so
+  "the first write to a clean leaf logs" is the first occurrence of that leaf in the window;
+  the result equals the reference write for write (tests/test_engines.py checks it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from pmlsim.ept import Ept
+from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory
+from pmlsim.trace import Trace
+from pmlsim.vcpu import Vcpu, VmExit
+from pmlsim.workloads import WriteStream
+
+#: SimPy priority of a guest write: after URGENT (0) and NORMAL (1) events at the same time
+WRITE_PRIORITY = 2
+#: most writes one vCPU contributes to a window (bounds work per window, never changes results)
+MAX_BATCH = 8192
+#: "no event scheduled" as an integer time
+NO_EVENT = np.iinfo(np.int64).max
+
+
+class Guest:
+    """The CPUs running guest code: turns each vCPU's write stream into retired writes."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        ept: Ept,
+        vcpus: list[Vcpu],
+        memory: GuestMemory,
+        streams: list[WriteStream],
+        trace: Trace,
+    ):
+        self.env = env
+        self.ept = ept
+        self.vcpus = vcpus
+        self.memory = memory
+        self.streams = streams
+        self.trace = trace
+        nv = len(vcpus)
+        self._t = [np.zeros(0, np.int64) for _ in range(nv)]
+        self._g = [np.zeros(0, np.int64) for _ in range(nv)]
+        self._pos = [0] * nv
+        self._exhausted = [False] * nv
+        #: recent fraction of each vCPU's writes that logged (sizes the fast engine's windows)
+        self._log_ratio = [1.0] * nv
+
+    # ------------------------------------------------------------ write streams
+    def _pending(self, v: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``n`` next writes of vCPU ``v``: (effective sim time, gfn)."""
+        while len(self._t[v]) - self._pos[v] < n and not self._exhausted[v]:
+            t, g = self.streams[v].next_chunk()
+            if len(t) == 0:
+                self._exhausted[v] = True
+                break
+            p = self._pos[v]
+            self._t[v] = np.concatenate([self._t[v][p:], t])
+            self._g[v] = np.concatenate([self._g[v][p:], g])
+            self._pos[v] = 0
+        p = self._pos[v]
+        t = self._t[v][p : p + n]
+        g = self._g[v][p : p + n]
+        vc = self.vcpus[v]
+        if self.streams[v].guest_time:
+            eff = t + vc.stall_ns
+        else:
+            eff = np.maximum(t, vc.resume_floor_ns)
+        return eff, g
+
+    def _at(self, t: float) -> simpy.Event:
+        """An event at time ``t`` that fires after every other event of that time."""
+        ev = simpy.Event(self.env)
+        if t >= NO_EVENT:
+            return ev  # never fires: nothing else will happen
+        ev._ok = True
+        ev._value = None
+        self.env.schedule(ev, WRITE_PRIORITY, t - self.env.now)
+        return ev
+
+    def _peek(self) -> int:
+        t = self.env.peek()
+        return NO_EVENT if t == float("inf") else int(t)
+
+    # ------------------------------------------------------------ reference engine
+    def run_reference(self):
+        """Process every write alone, in time order, one SimPy event each."""
+        env, ept, mem, trace = self.env, self.ept, self.memory, self.trace
+        n_pages = ept.n_pages
+        while True:
+            best = None
+            for vc in self.vcpus:
+                if not vc.running:
+                    continue
+                v = vc.index
+                p = self._pos[v]
+                if p >= len(self._t[v]):
+                    self._pending(v, 1)
+                    p = self._pos[v]
+                    if p >= len(self._t[v]):
+                        continue
+                t = int(self._t[v][p])
+                t = t + vc.stall_ns if self.streams[v].guest_time else max(t, vc.resume_floor_ns)
+                if best is None or t < best[0]:
+                    best = (t, v, int(self._g[v][p]))
+            if best is None:
+                yield self._at(self._peek())
+                continue
+            t, v, g = best
+            nxt = self._peek()
+            if t > env.now or nxt <= env.now:
+                # wake at this write's time, or at the next event if sooner: it may resume a vCPU
+                yield self._at(max(min(t, nxt), env.now))
+                continue
+            vc = self.vcpus[v]
+            leaf = int(ept.leaf_of_gfn[g])
+            vbit = np.uint64(1) << np.uint64(v)
+            if not ept.w_bit[leaf]:
+                vc.vm_exit(VmExit.EPT_VIOLATION, g)
+                continue
+            if ept.d_bit[leaf]:
+                kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
+            elif ept.tlb_dirty[leaf] & vbit:
+                kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
+            else:
+                if vc.pml.full:
+                    vc.vm_exit(VmExit.PML_FULL, g)  # the write does not happen; retried later
+                    continue
+                ept.d_bit[leaf] = True
+                idx = vc.pml.log(g << 12, t)
+                vc.logged += 1
+                kind = LOGGED
+                if trace.enabled:
+                    trace.emit(t, "write_logged", v, g, pml_index=idx & 0xFFFF)
+            ept.tlb_dirty[leaf] |= vbit
+            mem.retire_one(g, v, t, kind)
+            vc.writes += 1
+            self._pos[v] += 1
+
+    # ------------------------------------------------------------ fast engine
+    def run_fast(self):
+        """Process writes window by window, vectorised, with exact cuts."""
+        env = self.env
+        while True:
+            horizon = self._peek()
+            parts = []
+            for vc in self.vcpus:
+                if not vc.running:
+                    continue
+                # how many writes this vCPU is likely to retire before its buffer fills; only
+                # a performance guess: the window is cut exactly wherever it must be
+                want = min(MAX_BATCH, int((vc.pml.free + 1) / self._log_ratio[vc.index]) + 64)
+                eff, g = self._pending(vc.index, want + 1)
+                if len(eff) > want and eff[want] < horizon:
+                    horizon = int(eff[want])
+                parts.append((eff, vc.index, g))
+            sel_t, sel_v, sel_g = [], [], []
+            for eff, v, g in parts:
+                k = int(np.searchsorted(eff, horizon, side="left"))
+                if k:
+                    sel_t.append(eff[:k])
+                    sel_v.append(np.full(k, v, dtype=np.int64))
+                    sel_g.append(g[:k])
+            if not sel_t:
+                yield self._at(horizon)
+                continue
+            if len(sel_t) > 1:
+                T = np.concatenate(sel_t)
+                V = np.concatenate(sel_v)
+                G = np.concatenate(sel_g)
+                # one sort key: time, then vCPU index (times stay far below 2**57 ns)
+                order = np.argsort(T * 64 + V, kind="stable")
+                T, V, G = T[order], V[order], G[order]
+            else:
+                T, V, G = sel_t[0], sel_v[0], sel_g[0]
+            cut, reason = self._retire_window(T, V, G)
+            if cut < len(T):
+                t_cut = int(T[cut])
+                if t_cut > env.now:
+                    yield self._at(t_cut)
+                self.vcpus[int(V[cut])].vm_exit(reason, int(G[cut]))
+                yield self._at(env.now)
+            else:
+                yield self._at(horizon)
+
+    def _retire_window(self, T: np.ndarray, V: np.ndarray, G: np.ndarray) -> tuple[int, VmExit | None]:
+        """Retire the longest prefix of the window that needs no exit. Returns (cut, reason)."""
+        ept = self.ept
+        n = len(G)
+        leaf = ept.leaf_of_gfn[G]
+        wp = ~ept.w_bit[leaf]
+        cut, reason = n, None
+        if wp.any():
+            cut, reason = int(np.argmax(wp)), VmExit.EPT_VIOLATION
+        d0 = ~ept.d_bit[leaf]
+        vbit = np.left_shift(np.uint64(1), V.astype(np.uint64))
+        held = (ept.tlb_dirty[leaf] & vbit) != 0
+        # writes that must set a D bit (and log): clean leaf, not cached dirty in this TLB
+        cand = np.flatnonzero(d0[:cut] & ~held[:cut])
+        if len(cand):
+            _, first = np.unique(leaf[cand], return_index=True)
+            log_pos = np.sort(cand[first])
+        else:
+            log_pos = cand
+        # PML-full: the (free+1)-th logging write of a vCPU in this window
+        log_v = V[log_pos]
+        for v in np.unique(log_v):
+            pos_v = log_pos[log_v == v]
+            free = self.vcpus[int(v)].pml.free
+            if len(pos_v) > free and pos_v[free] < cut:
+                cut, reason = int(pos_v[free]), VmExit.PML_FULL
+        log_pos = log_pos[log_pos < cut]
+        if cut == 0:
+            return cut, reason
+        # ---- retire the prefix [0, cut)
+        Lc, Vc, Gc, Tc = leaf[:cut], V[:cut], G[:cut], T[:cut]
+        logged_leaves = leaf[log_pos]
+        kind = np.where(Lc >= ept.n_pages, DIRTY_SUPER, DIRTY_4K).astype(np.int8)
+        stale = d0[:cut] & held[:cut]
+        if stale.any():
+            # stale only until some other vCPU's write sets the leaf's D bit in this window
+            first_log = np.full(cut, cut, dtype=np.int64)
+            if len(log_pos):
+                order = np.argsort(logged_leaves)
+                sl = logged_leaves[order]
+                j = np.searchsorted(sl, Lc)
+                jc = np.minimum(j, len(sl) - 1)
+                hit = sl[jc] == Lc
+                first_log = np.where(hit, log_pos[order][jc], cut)
+            stale &= np.arange(cut) < first_log
+            kind[stale] = STALE_TLB
+        kind[log_pos] = LOGGED
+        ept.d_bit[logged_leaves] = True
+        np.bitwise_or.at(ept.tlb_dirty, Lc, vbit[:cut])
+        self.memory.retire(Gc, Vc, Tc, kind)
+        counts = np.bincount(Vc, minlength=len(self.vcpus))
+        log_v = V[log_pos]
+        trace_rows = []
+        for vc in self.vcpus:
+            c = int(counts[vc.index])
+            if not c:
+                continue
+            self._pos[vc.index] += c
+            vc.writes += c
+            mine = log_pos[log_v == vc.index]
+            self._log_ratio[vc.index] = max(0.5 * self._log_ratio[vc.index] + 0.5 * len(mine) / c, 1e-4)
+            if len(mine):
+                idx = vc.pml.log_many(G[mine] << 12, T[mine])
+                vc.logged += len(mine)
+                if self.trace.enabled:
+                    trace_rows.append(np.stack([mine, idx]))
+        if trace_rows:
+            rows = np.concatenate(trace_rows, axis=1)
+            rows = rows[:, np.argsort(rows[0])]
+            for p, idx in rows.T:
+                self.trace.emit(int(T[p]), "write_logged", int(V[p]), int(G[p]), pml_index=int(idx) & 0xFFFF)
+        return cut, reason

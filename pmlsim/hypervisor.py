@@ -1,0 +1,263 @@
+"""The hypervisor: exit handling, PML drains into the dirty bitmap, superpage tracking and the
+dirty-log sync protocol, per flush policy.
+
+Flush policies (docs/model.md has the sources):
+
+* ``xen``: a vCPU's buffer is drained only on its PML-full exit (``vmx_vmexit_handler``,
+  case ``EXIT_REASON_PML_FULL``) and by a log-dirty sync, which pauses the whole domain
+  (``domain_pause``, synchronous) and drains every buffer before reading the bitmap.
+* ``kvm``: every VM exit drains the buffer (``__vmx_handle_exit``); a sync kicks every vCPU
+  (``kvm_vcpu_kick``, no wait) and reads the bitmap at once, so entries still in a running
+  vCPU's buffer arrive one sync late.
+* ``periodic``: like ``kvm``, plus a timer that kicks every vCPU every ``flush_interval_us``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import simpy
+
+from pmlsim.config import SimConfig
+from pmlsim.dirty_log import DirtyBitmap
+from pmlsim.ept import LEAF_NAMES, Ept
+from pmlsim.trace import Trace
+from pmlsim.vcpu import State, Vcpu, VmExit
+
+
+@attrs.define
+class Faults:
+    """Injected hypervisor bugs, to prove that verification catches them."""
+
+    #: drop the n-th PML entry drained in the run (0-based), as if the drain skipped it
+    drop_drained_entry: int | None = None
+
+
+@attrs.define
+class SyncRecord:
+    """One dirty-log sync: when the bitmap was read, what it held, and how it was done."""
+
+    start_ns: int
+    read_ns: int = 0
+    end_ns: int = 0
+    collected: np.ndarray = attrs.field(factory=lambda: np.zeros(0, np.int64))
+    #: PML entries still in vCPU buffers when the bitmap was read (they are not in it)
+    in_flight_entries: int = 0
+    #: the GFNs of those entries
+    in_flight_gfns: np.ndarray = attrs.field(factory=lambda: np.zeros(0, np.int64))
+    #: every vCPU was stopped, and its buffer drained, when the bitmap was read
+    drained_and_stopped: bool = False
+    paused: bool = False
+
+
+@attrs.define
+class HypervisorStats:
+    flushes: int = 0
+    flushed_entries: int = 0
+    staleness_sum_ns: int = 0
+    staleness_max_ns: int = 0
+    superpages_split: int = 0
+    kicks: int = 0
+    invepts: int = 0
+    syncs: int = 0
+    dropped_entries: int = 0
+
+
+class Hypervisor:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        config: SimConfig,
+        ept: Ept,
+        vcpus: list[Vcpu],
+        bitmap: DirtyBitmap,
+        trace: Trace,
+        faults: Faults | None = None,
+    ):
+        self.env = env
+        self.config = config
+        self.costs = config.costs
+        self.policy = config.pml.flush_policy
+        self.superpage_policy = config.superpage.policy
+        self.sync_config = config.sync
+        self.ept = ept
+        self.vcpus = vcpus
+        self.bitmap = bitmap
+        self.trace = trace
+        self.faults = faults or Faults()
+        self.stats = HypervisorStats()
+        self._drained_so_far = 0
+        for v in vcpus:
+            v.hv = self
+
+    # ------------------------------------------------------------ logging on/off
+    def start_logging(self) -> int:
+        """Dirty logging starts (t=0): D bits cleared, superpages tracked per policy, INVEPT.
+
+        Returns hypervisor time spent (eager split), which does not stall the vCPUs: KVM splits
+        in the ioctl while vCPUs run.
+        """
+        cost = 0
+        if self.superpage_policy == "eager-split":
+            for leaf in self.ept.superpage_leaves():
+                cost += self._split(int(leaf))
+        self.ept.start_logging(write_protect_superpages=self.superpage_policy == "split-on-write")
+        self.ept.invept()
+        self.trace.emit(self.env.now, "invept")
+        return cost
+
+    def _split(self, leaf: int) -> int:
+        base = int(self.ept.leaf_base[leaf])
+        name = LEAF_NAMES[int(self.ept.leaf_pages[leaf])]
+        entries = self.ept.split_superpage(leaf)
+        self.stats.superpages_split += 1
+        self.trace.emit(self.env.now, "split", -1, base, leaf=name)
+        return entries * self.costs.split_per_entry_ns
+
+    # ------------------------------------------------------------ exits
+    def drains_on_every_exit(self) -> bool:
+        return self.policy in ("kvm", "periodic")
+
+    def handle_exit(self, vcpu: Vcpu, reason: VmExit, gfn: int, drain: bool) -> int:
+        """Run the exit handler at exit time; return the ns the vCPU spends out of the guest."""
+        now = self.env.now
+        self.trace.emit(now, "vm_exit", vcpu.index, gfn, reason=reason.value)
+        cost = self.costs.exit_roundtrip_ns
+        # KVM drains at the start of every exit; Xen only on PML-full
+        if reason is VmExit.PML_FULL or (drain and self.drains_on_every_exit()):
+            cost += self.drain(vcpu)
+        if reason is VmExit.EPT_VIOLATION:
+            cost += self.costs.ept_violation_ns + self._write_fault(gfn)
+        return cost
+
+    def _write_fault(self, gfn: int) -> int:
+        """Write to a write-protected superpage while logging (Xen ``hvm_hap_nested_page_fault``):
+        mark the GFN dirty in software, split the leaf to 4 KiB, make the GFN writable with D=1."""
+        ept = self.ept
+        leaf = int(ept.leaf_of_gfn[gfn])
+        cost = 0
+        if ept.is_superpage(leaf):
+            cost += self._split(leaf)
+        self.bitmap.mark(np.array([gfn]))
+        ept.w_bit[gfn] = True
+        ept.d_bit[gfn] = True
+        return cost
+
+    def drain(self, vcpu: Vcpu) -> int:
+        """Move ``vcpu``'s PML entries into the dirty bitmap and reset its index. Returns ns."""
+        gpas, times = vcpu.pml.drain()
+        n = len(gpas)
+        gfns = gpas >> 12
+        if self.faults.drop_drained_entry is not None:
+            k = self.faults.drop_drained_entry - self._drained_so_far
+            if 0 <= k < n:
+                gfns = np.delete(gfns, k)
+                self.stats.dropped_entries += 1
+        self._drained_so_far += n
+        now = self.env.now
+        # Xen reads ascending indexes (newest first); KVM reads in write order (511 down)
+        if self.trace.enabled:
+            order = gfns[::-1] if self.policy == "xen" else gfns
+            self.trace.emit(now, "flush", vcpu.index, entries=[int(g) for g in order])
+        cost = n * self.costs.pml_flush_per_entry_ns
+        if n:
+            self.stats.flushes += 1
+            self.stats.flushed_entries += n
+            age = now - times
+            self.stats.staleness_sum_ns += int(age.sum())
+            self.stats.staleness_max_ns = max(self.stats.staleness_max_ns, int(age.max()))
+        if self.superpage_policy == "mark-whole" and n:
+            # look up the leaf of each logged GFN and mark all of its 4 KiB pages
+            leaves = np.unique(self.ept.leaf_of_gfn[gfns])
+            for leaf in leaves[self.ept.is_superpage(leaves)]:
+                self.bitmap.mark(self.ept.leaf_gfns(int(leaf)))
+            cost += n * self.costs.leaf_lookup_per_entry_ns
+        self.bitmap.mark(gfns)
+        return cost
+
+    # ------------------------------------------------------------ kicks and pauses
+    def kick(self, vcpu: Vcpu, reason: VmExit = VmExit.KICK) -> None:
+        """Send an IPI; the vCPU exits when it arrives, if it is still in guest mode."""
+        self.stats.kicks += 1
+        self.trace.emit(self.env.now, "kick", vcpu.index)
+        self.env.process(self._deliver_kick(vcpu, reason))
+
+    def _deliver_kick(self, vcpu: Vcpu, reason: VmExit):
+        yield self.env.timeout(self.costs.kick_ipi_ns)
+        if vcpu.state is State.RUNNING:
+            # a sync that does not drain must not drain through its pause exits either
+            vcpu.vm_exit(reason, drain=reason is VmExit.KICK or self.sync_config.drain_pml)
+
+    def pause_all(self):
+        """``domain_pause``: stop every vCPU and wait until all are stopped (a generator)."""
+        waits = []
+        for v in self.vcpus:
+            v.request_pause()
+            if v.state is State.RUNNING:
+                self.kick(v, VmExit.PAUSE)
+            if v.state is not State.PAUSED:
+                waits.append(v.paused)
+        if waits:
+            yield simpy.AllOf(self.env, waits)
+
+    def unpause_all(self) -> None:
+        for v in self.vcpus:
+            v.unpause()
+
+    def periodic_flusher(self):
+        """``periodic`` policy: kick (and so drain) every vCPU every ``flush_interval_us``."""
+        interval = max(1, round(self.config.pml.flush_interval_us * 1000))
+        while True:
+            yield self.env.timeout(interval)
+            for v in self.vcpus:
+                if v.state is State.RUNNING:
+                    self.kick(v)
+
+    # ------------------------------------------------------------ dirty-log sync
+    def sync(self, final: bool = False, on_read=None):
+        """One dirty-log sync (a generator returning a :class:`SyncRecord`).
+
+        Xen (and every final sync): pause all vCPUs, drain every buffer, read and clear the
+        bitmap, clear the D bits of the collected pages, INVEPT; the caller unpauses.
+        KVM/periodic: kick every vCPU without waiting, then read, clear D, INVEPT.
+        ``on_read`` is called at the instant the bitmap is read.
+        """
+        env, costs, sc = self.env, self.costs, self.sync_config
+        rec = SyncRecord(start_ns=env.now)
+        self.stats.syncs += 1
+        if self.policy == "xen" or final:
+            yield from self.pause_all()
+            rec.paused = True
+            if sc.drain_pml and not self.drains_on_every_exit():
+                cost = sum(self.drain(v) for v in self.vcpus)
+                if cost:
+                    yield env.timeout(cost)
+            rec.drained_and_stopped = sc.drain_pml
+        elif sc.drain_pml:
+            for v in self.vcpus:
+                if v.state is State.RUNNING:
+                    self.kick(v)
+        rec.read_ns = env.now
+        rec.in_flight_gfns = np.concatenate([v.pml.entries()[0] >> 12 for v in self.vcpus])
+        rec.in_flight_entries = len(rec.in_flight_gfns)
+        if on_read is not None:
+            on_read(env.now)
+        collected = self.bitmap.read_and_clear()
+        rec.collected = collected
+        self.trace.emit(env.now, "bitmap_read", pages=len(collected), in_flight=rec.in_flight_entries)
+        scan = (self.ept.n_pages + 63) // 64 * costs.bitmap_scan_per_64_pages_ns
+        if scan:
+            yield env.timeout(scan)
+        # re-arm: clear D of the leaves mapping the collected pages (KVM clear_dirty_pt_masked)
+        self.ept.clear_d_bits(collected)
+        self.trace.emit(env.now, "d_clear", pages=len(collected))
+        if len(collected) and costs.rearm_per_page_ns:
+            yield env.timeout(len(collected) * costs.rearm_per_page_ns)
+        if sc.invept:
+            self.ept.invept()
+            self.stats.invepts += 1
+            self.trace.emit(env.now, "invept")
+            if costs.invept_ns:
+                yield env.timeout(costs.invept_ns)
+        rec.end_ns = env.now
+        return rec

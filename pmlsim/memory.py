@@ -1,0 +1,61 @@
+"""Guest memory as the verifier sees it: a version per 4 KiB page and who wrote it last.
+
+A page's *version* counts the writes that retired to it: it stands for the page's content. A
+consumer of the dirty log (collector, migration) keeps its own copy of the versions it has
+taken; comparing that copy with these versions is how every run verifies itself.
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+# How a retired write related to dirty logging (kept per page, for the last write)
+NONE, LOGGED, DIRTY_4K, DIRTY_SUPER, STALE_TLB = 0, 1, 2, 3, 4
+KIND_NAMES = {
+    NONE: "none",
+    LOGGED: "logged",
+    DIRTY_4K: "d-bit-set",
+    DIRTY_SUPER: "superpage-d-bit-set",
+    STALE_TLB: "stale-tlb",
+}
+
+
+@attrs.define(eq=False)
+class MemorySnapshot:
+    """Versions and last writers of every page at one instant (a bitmap read)."""
+
+    time_ns: int
+    version: np.ndarray
+    last_vcpu: np.ndarray
+    last_time_ns: np.ndarray
+    last_kind: np.ndarray
+
+
+class GuestMemory:
+    def __init__(self, n_pages: int):
+        self.version = np.zeros(n_pages, dtype=np.int64)
+        self.last_vcpu = np.full(n_pages, -1, dtype=np.int16)
+        self.last_time_ns = np.full(n_pages, -1, dtype=np.int64)
+        self.last_kind = np.zeros(n_pages, dtype=np.int8)
+
+    def retire(self, gfn: np.ndarray, vcpu: np.ndarray, t_ns: np.ndarray, kind: np.ndarray) -> None:
+        """Writes (in time order) retired: bump versions, remember each page's last writer."""
+        rev = gfn[::-1]
+        pages, first_in_rev, counts = np.unique(rev, return_index=True, return_counts=True)
+        last = len(gfn) - 1 - first_in_rev
+        self.version[pages] += counts
+        self.last_vcpu[pages] = vcpu[last]
+        self.last_time_ns[pages] = t_ns[last]
+        self.last_kind[pages] = kind[last]
+
+    def retire_one(self, gfn: int, vcpu: int, t_ns: int, kind: int) -> None:
+        self.version[gfn] += 1
+        self.last_vcpu[gfn] = vcpu
+        self.last_time_ns[gfn] = t_ns
+        self.last_kind[gfn] = kind
+
+    def snapshot(self, t_ns: int) -> MemorySnapshot:
+        return MemorySnapshot(
+            t_ns, self.version.copy(), self.last_vcpu.copy(), self.last_time_ns.copy(), self.last_kind.copy()
+        )

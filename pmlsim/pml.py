@@ -1,0 +1,83 @@
+"""The per-vCPU page-modification log (Intel SDM Vol. 3C 28.2.5).
+
+The log is an array of ``buffer_entries`` 64-bit GPAs; the PML index names the next entry to
+use. Software sets it to ``buffer_entries - 1`` ("empty"); each logged write stores its
+4 KiB-aligned GPA at the index and decrements it. After entry 0 is written the 16-bit hardware
+field wraps to 0xFFFF and the *next* write that needs a D update takes a PML-full VM exit.
+
+The simulator keeps the index as a Python int and uses -1 for "wrapped", so that the what-if
+size of 65536 entries (whose empty index 65535 equals 0xFFFF) stays unambiguous;
+``pml_index_hw`` gives the value the 16-bit VMCS field would hold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PAGE_MASK = ~0xFFF
+
+
+class PmlBuffer:
+    """One vCPU's PML buffer and PML index."""
+
+    def __init__(self, buffer_entries: int):
+        self.size = buffer_entries
+        self.gpa = np.zeros(buffer_entries, dtype=np.int64)
+        #: when each entry was written (ns); used for the bitmap-staleness figure
+        self.log_time_ns = np.zeros(buffer_entries, dtype=np.int64)
+        self.pml_index = buffer_entries - 1
+
+    @property
+    def pml_index_hw(self) -> int:
+        return self.pml_index & 0xFFFF
+
+    @property
+    def free(self) -> int:
+        """Entries that can still be written before the next logging write exits."""
+        return self.pml_index + 1
+
+    @property
+    def used(self) -> int:
+        return self.size - 1 - self.pml_index
+
+    @property
+    def full(self) -> bool:
+        return self.pml_index < 0
+
+    def log(self, gpa: int, t_ns: int) -> int:
+        """Write one entry (the caller has checked :attr:`full`). Returns the index used."""
+        i = self.pml_index
+        self.gpa[i] = gpa & PAGE_MASK
+        self.log_time_ns[i] = t_ns
+        self.pml_index = i - 1
+        return i
+
+    def log_many(self, gpas: np.ndarray, t_ns: np.ndarray) -> np.ndarray:
+        """Write ``len(gpas)`` entries in order. Returns the indexes used."""
+        n = len(gpas)
+        assert n <= self.free
+        top = self.pml_index
+        idx = np.arange(top, top - n, -1)
+        self.gpa[idx] = gpas & PAGE_MASK
+        self.log_time_ns[idx] = t_ns
+        self.pml_index = top - n
+        return idx
+
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """Valid entries in the order the CPU wrote them (index ``size-1`` down to the tail)."""
+        lo = self.pml_index + 1
+        return self.gpa[lo:][::-1].copy(), self.log_time_ns[lo:][::-1].copy()
+
+    def drain(self) -> tuple[np.ndarray, np.ndarray]:
+        """Take every valid entry (in write order) and reset the index to empty."""
+        out = self.entries()
+        self.pml_index = self.size - 1
+        return out
+
+    def drop_entry(self, position: int) -> None:
+        """Remove the valid entry at ``position`` in write order (fault injection for tests)."""
+        gpa, t = self.entries()
+        keep = np.ones(len(gpa), dtype=bool)
+        keep[position] = False
+        self.pml_index = self.size - 1
+        self.log_many(gpa[keep], t[keep])

@@ -1,0 +1,113 @@
+"""What a run produces: counts, costs and the verification outcome."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from pmlsim.collector import Collection, LostPage
+
+LOST_EXAMPLES = 10
+
+
+@attrs.frozen
+class Result:
+    """The outcome of :func:`pmlsim.simulate`. ``to_dict()`` is the ``--json`` object."""
+
+    config: dict[str, Any]
+    seed: int
+    sim_time_ns: int
+    wall_time_s: float
+    guest_writes: int
+    pml_entries_logged: int
+    exits: dict[str, int]
+    guest_stall_ns: int
+    guest_overhead: float
+    flushes: int
+    flushed_entries: int
+    bitmap_staleness_mean_ns: float
+    bitmap_staleness_max_ns: int
+    kicks: int
+    invepts: int
+    dirty_pages_reported: int
+    superpages_split: int
+    superpages_recoalesced: int
+    verified: bool
+    late_pages: int
+    lost: tuple[LostPage, ...]
+    collections: tuple[Collection, ...]
+    per_vcpu: tuple[dict[str, Any], ...]
+
+    @property
+    def lost_pages(self) -> int:
+        return len(self.lost)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "seed": self.seed,
+            "sim_time_ns": self.sim_time_ns,
+            "wall_time_s": self.wall_time_s,
+            "guest_writes": self.guest_writes,
+            "pml_entries_logged": self.pml_entries_logged,
+            "exits": dict(self.exits),
+            "guest_stall_ns": self.guest_stall_ns,
+            "guest_overhead": self.guest_overhead,
+            "flushes": self.flushes,
+            "flushed_entries": self.flushed_entries,
+            "bitmap_staleness_mean_ns": self.bitmap_staleness_mean_ns,
+            "bitmap_staleness_max_ns": self.bitmap_staleness_max_ns,
+            "kicks": self.kicks,
+            "invepts": self.invepts,
+            "dirty_pages_reported": self.dirty_pages_reported,
+            "collections": len(self.collections),
+            "superpages_split": self.superpages_split,
+            "superpages_recoalesced": self.superpages_recoalesced,
+            "verified": self.verified,
+            "late_pages": self.late_pages,
+            "lost_pages": self.lost_pages,
+            "lost_examples": [lp.to_dict() for lp in self.lost[:LOST_EXAMPLES]],
+            "per_vcpu": list(self.per_vcpu),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def summary(self) -> str:
+        """A readable report for the terminal."""
+        c = self.config
+        g, p = c["guest"], c["pml"]
+        sim_ms = self.sim_time_ns / 1e6
+        exits = ", ".join(f"{k} {v}" for k, v in sorted(self.exits.items())) or "none"
+        lines = [
+            f"pmlsim: {g['memory_mib']} MiB guest, {g['vcpus']} vCPUs, layout {g['layout']}, "
+            f"PML {p['buffer_entries']} entries, flush policy {p['flush_policy']}, "
+            f"superpages {c['superpage']['policy']}, engine {c['engine']}, seed {self.seed}",
+            f"  simulated {sim_ms:.3f} ms in {self.wall_time_s:.2f} s wall"
+            f" ({self.guest_writes / max(self.wall_time_s, 1e-9) / 1e6:.1f} M writes/s)",
+            f"  guest writes        {self.guest_writes:>14,}",
+            f"  PML entries logged  {self.pml_entries_logged:>14,}",
+            f"  VM exits            {sum(self.exits.values()):>14,}  ({exits})",
+            f"  guest stall         {self.guest_stall_ns / 1e6:>14.3f} ms  (overhead {self.guest_overhead:.3%})",
+            f"  PML flushes         {self.flushes:>14,}  ({self.flushed_entries:,} entries,"
+            f" staleness mean {self.bitmap_staleness_mean_ns / 1e3:.1f} us,"
+            f" max {self.bitmap_staleness_max_ns / 1e3:.1f} us)",
+            f"  kicks / INVEPTs     {self.kicks:>14,}  / {self.invepts:,}",
+            f"  superpages split    {self.superpages_split:>14,}",
+            f"  dirty pages reported{self.dirty_pages_reported:>14,}  over {len(self.collections)} collections"
+            f" ({self.late_pages:,} pages one collection late)",
+        ]
+        if not self.verified:
+            lines.append("  verification        not run (collector disabled)")
+        elif not self.lost:
+            lines.append("  verification        OK: every write reached the consumer")
+        else:
+            lines.append(f"  verification        FAILED: {self.lost_pages:,} lost pages")
+            for lp in self.lost[:LOST_EXAMPLES]:
+                lines.append(
+                    f"    lost gfn {lp.gfn:#x}: write by vCPU {lp.vcpu} at {lp.write_time_ns} ns"
+                    f" (version {lp.version}), cause {lp.cause}"
+                )
+        return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""A virtual CPU: its PML buffer, its run state and its VM exits.
+
+A vCPU is RUNNING (its writes retire), IN_EXIT (in root mode: the hypervisor handles an exit;
+no guest write retires) or PAUSED (descheduled by the hypervisor until unpaused). Time spent
+out of RUNNING is *stall*: a generated workload's next write is pushed later by it, never
+dropped.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import simpy
+
+from pmlsim.pml import PmlBuffer
+
+if TYPE_CHECKING:
+    from pmlsim.hypervisor import Hypervisor
+
+
+class VmExit(enum.Enum):
+    """Why a vCPU left guest mode."""
+
+    PML_FULL = "pml_full"  #: exit reason 62: a logging write found the PML index wrapped
+    EPT_VIOLATION = "ept_violation"  #: a write to a write-protected leaf (superpage under logging)
+    KICK = "kick"  #: an IPI from the hypervisor (sync, periodic flush)
+    PAUSE = "pause"  #: the hypervisor deschedules the vCPU (domain_pause, stop-and-copy)
+
+
+class State(enum.Enum):
+    RUNNING = "running"
+    IN_EXIT = "in_exit"
+    PAUSED = "paused"
+
+
+class Vcpu:
+    """One vCPU. ``vm_exit`` starts the SimPy process that models one exit and re-entry."""
+
+    def __init__(self, env: simpy.Environment, index: int, buffer_entries: int):
+        self.env = env
+        self.index = index
+        self.pml = PmlBuffer(buffer_entries)
+        self.state = State.RUNNING
+        self.hv: Hypervisor | None = None
+        self.exits: Counter[str] = Counter()
+        #: total ns spent out of guest mode; shifts generated writes later
+        self.stall_ns = 0
+        self._stopped_at = 0
+        #: scripted writes are not issued before the vCPU last re-entered the guest
+        self.resume_floor_ns = 0
+        self.pause_requested = False
+        self.paused: simpy.Event = env.event()
+        self.writes = 0
+        self.logged = 0
+
+    @property
+    def running(self) -> bool:
+        return self.state is State.RUNNING
+
+    def stall_until(self, t_ns: int) -> int:
+        """Stall so far, counting a stop still in progress up to ``t_ns``."""
+        extra = t_ns - self._stopped_at if self.state is not State.RUNNING else 0
+        return self.stall_ns + max(extra, 0)
+
+    def vm_exit(self, reason: VmExit, gfn: int = -1, drain: bool = True) -> simpy.Process:
+        """Leave guest mode now. ``gfn``: the faulting page (EPT violation, PML-full retry)."""
+        assert self.state is State.RUNNING, (self.index, self.state)
+        self.state = State.IN_EXIT
+        self._stopped_at = self.env.now
+        self.exits[reason.value] += 1
+        return self.env.process(self._handle_exit(reason, gfn, drain))
+
+    def _handle_exit(self, reason: VmExit, gfn: int, drain: bool):
+        """The exit: the hypervisor's handler runs (its cost is the time spent in root mode)."""
+        cost_ns = self.hv.handle_exit(self, reason, gfn, drain)
+        yield self.env.timeout(cost_ns)
+        if self.pause_requested:
+            self._pause()
+        else:
+            self._enter()
+
+    def _pause(self) -> None:
+        self.state = State.PAUSED
+        self.hv.trace.emit(self.env.now, "pause", self.index)
+        self.paused.succeed()
+
+    def request_pause(self) -> None:
+        """Ask the vCPU to stop at its next instruction boundary (an exit in progress finishes first)."""
+        self.pause_requested = True
+        if self.paused.triggered:
+            self.paused = self.env.event()
+
+    def unpause(self) -> None:
+        self.pause_requested = False
+        if self.state is State.PAUSED:
+            self._enter()
+
+    def _enter(self) -> None:
+        """VM entry: back to guest mode; the stopped time becomes stall."""
+        now = self.env.now
+        self.stall_ns += now - self._stopped_at
+        self.resume_floor_ns = now
+        self.state = State.RUNNING
+        self.hv.trace.emit(now, "vm_entry", self.index)

@@ -1,0 +1,60 @@
+"""Hypothesis strategies for random simulation configs."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from pmlsim import (
+    CollectorConfig,
+    GuestConfig,
+    PmlConfig,
+    SimConfig,
+    SuperpageConfig,
+    SyncConfig,
+    WorkloadConfig,
+)
+
+SAFE_SUPERPAGE = ["mark-whole", "split-on-write", "eager-split"]
+
+
+@st.composite
+def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
+    vcpus = draw(st.integers(1, 4))
+    layout = draw(st.sampled_from(["4k", "2m", "mixed"]))
+    memory_mib = draw(st.sampled_from([4, 8, 16]))
+    superpage = draw(st.sampled_from(SAFE_SUPERPAGE if safe else [*SAFE_SUPERPAGE, "naive"]))
+    drain, invept = (True, True) if safe else (draw(st.booleans()), draw(st.booleans()))
+    kind = draw(st.sampled_from(["uniform", "hotcold", "zipf", "sequential", "script"]))
+    script = None
+    if kind == "script":
+        # few distinct times and pages: many same-ns ties between vCPUs, many shared leaves
+        script = draw(
+            st.lists(
+                st.tuples(
+                    st.integers(0, 30).map(lambda t: t * 1000),
+                    st.integers(0, vcpus - 1),
+                    st.integers(0, memory_mib * 256 - 1).map(lambda g: g * 4096 + 8),
+                ),
+                max_size=300,
+            )
+        )
+    return SimConfig(
+        seed=draw(st.integers(0, 2**32)),
+        duration_ms=draw(st.sampled_from([0.05, 0.2])),
+        engine=engine,
+        guest=GuestConfig(memory_mib=memory_mib, vcpus=vcpus, layout=layout, fraction_2m=0.5),
+        pml=PmlConfig(
+            buffer_entries=draw(st.sampled_from([1, 2, 7, 64, 512])),
+            flush_policy=draw(st.sampled_from(["xen", "kvm", "periodic"])),
+            flush_interval_us=draw(st.sampled_from([2.0, 15.0])),
+        ),
+        superpage=SuperpageConfig(policy=superpage, recoalesce_on_stop=draw(st.booleans())),
+        sync=SyncConfig(drain_pml=drain, invept=invept),
+        workload=WorkloadConfig(
+            kind=kind,
+            writes_per_s_per_vcpu=draw(st.sampled_from([2e5, 2e6, 1e7])),
+            sharing=draw(st.sampled_from(["partitioned", "shared"])),
+            script=script,
+        ),
+        collector=CollectorConfig(interval_us=draw(st.sampled_from([3.0, 20.0, 100.0]))),
+    )

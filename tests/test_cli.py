@@ -1,0 +1,98 @@
+"""The command line as a new user runs it."""
+
+import json
+import subprocess
+import sys
+
+KEYS = {
+    "config",
+    "seed",
+    "sim_time_ns",
+    "wall_time_s",
+    "guest_writes",
+    "pml_entries_logged",
+    "exits",
+    "guest_stall_ns",
+    "guest_overhead",
+    "flushes",
+    "dirty_pages_reported",
+    "superpages_split",
+    "lost_pages",
+    "lost_examples",
+}
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "pmlsim", *args], capture_output=True, text=True, check=False)
+
+
+def test_run_prints_a_readable_summary():
+    p = _cli("run", "--set", "duration_ms=1", "--set", "guest.memory_mib=64")
+    assert p.returncode == 0, p.stderr
+    assert "verification        OK" in p.stdout and "PML entries logged" in p.stdout
+
+
+def test_run_json_has_the_documented_keys_and_resolved_config():
+    p = _cli("run", "--json", "--set", "duration_ms=1", "--set", "guest.memory_mib=64", "--set", "pml.flush_policy=xen")
+    out = json.loads(p.stdout)
+    assert KEYS <= out.keys()
+    assert out["config"]["pml"]["flush_policy"] == "xen" and out["config"]["pml"]["buffer_entries"] == 512
+    assert out["lost_pages"] == 0 and out["guest_writes"] > 0
+    assert set(out["exits"]) <= {"pml_full", "ept_violation", "kick", "pause"}
+
+
+def test_json_reports_lost_examples_with_gfn_vcpu_time_and_cause(tmp_path):
+    csv = tmp_path / "w.csv"
+    csv.write_text("time_ns,vcpu,gpa\n100,0,0x203000\n200,0,0x205000\n")
+    p = _cli(
+        "run",
+        "--json",
+        "--set",
+        "duration_ms=0.01",
+        "--set",
+        "guest.memory_mib=4",
+        "--set",
+        "guest.layout=2m",
+        "--set",
+        "superpage.policy=naive",
+        "--set",
+        "workload.kind=script",
+        "--set",
+        f'workload.path="{csv}"',
+    )
+    out = json.loads(p.stdout)
+    assert out["lost_pages"] == 1
+    assert out["lost_examples"][0] | {"detected_ns": 0} == {
+        "gfn": 0x205,
+        "vcpu": 0,
+        "write_time_ns": 200,
+        "version": 1,
+        "cause": "superpage-naive",
+        "detected_ns": 0,
+    }
+
+
+def test_trace_csv_and_jsonl_record_every_event(tmp_path):
+    for name in ("t.csv", "t.jsonl"):
+        path = tmp_path / name
+        p = _cli(
+            "run",
+            "--trace",
+            str(path),
+            "--set",
+            "duration_ms=0.05",
+            "--set",
+            "guest.memory_mib=16",
+            "--set",
+            "pml.buffer_entries=16",
+            "--set",
+            "collector.interval_us=10",
+        )
+        assert p.returncode == 0, p.stderr
+        text = path.read_text()
+        for event in ("write_logged", "vm_exit", "flush", "bitmap_read", "d_clear", "invept", "kick"):
+            assert event in text
+    first = json.loads((tmp_path / "t.jsonl").read_text().splitlines()[1])
+    assert {"time_ns", "event", "vcpu", "gfn", "gpa"} <= first.keys()
+    header = (tmp_path / "t.csv").read_text().splitlines()[0]
+    assert header == "time_ns,event,vcpu,gfn,gpa,detail"

@@ -1,0 +1,28 @@
+"""Safe configurations never lose a page; unsafe ones can, and say why."""
+
+from hypothesis import HealthCheck, given, settings
+from strategies import configs
+
+from pmlsim import simulate
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs(safe=True))
+def test_every_safe_configuration_loses_no_page(config):
+    r = simulate(config)
+    assert r.verified
+    assert r.lost == (), r.lost[:3]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_every_lost_page_names_a_cause_that_its_configuration_allows(config):
+    r = simulate(config)
+    allowed = set()
+    if not config.sync.invept:
+        allowed.add("stale-tlb")
+    if config.superpage.policy == "naive":
+        allowed.add("superpage-naive")
+    if not config.sync.drain_pml:
+        allowed.add("pml-entry-not-drained")
+    assert {lp.cause for lp in r.lost} <= allowed

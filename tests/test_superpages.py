@@ -1,0 +1,58 @@
+"""Superpage layouts and policies: splits counted, re-coalescing measured."""
+
+from conftest import MIB2, run, scripted
+
+from pmlsim import GuestConfig, LeafRange, SimConfig, SuperpageConfig, WorkloadConfig, simulate
+from pmlsim.ept import Ept
+
+
+def test_mixed_layout_from_fractions_maps_1g_then_2m_then_4k():
+    g = GuestConfig(memory_mib=2048, layout="mixed", fraction_1g=0.5, fraction_2m=0.25)
+    ept = Ept(g.pages, g.leaf_ranges())
+    assert ept.n_superpages == 1 + 256
+    assert ept.leaf_pages[ept.leaf_of_gfn[0]] == 512 * 512
+    assert ept.leaf_pages[ept.leaf_of_gfn[262144]] == 512
+    assert ept.leaf_pages[ept.leaf_of_gfn[g.pages - 1]] == 1
+
+
+def test_mixed_layout_from_ranges():
+    g = GuestConfig(
+        memory_mib=64, layout="mixed", ranges=[LeafRange(8, 16, "2m"), {"start_mib": 32, "end_mib": 36, "leaf": "2m"}]
+    )
+    assert g.leaf_ranges() == [(8 * 256, 16 * 256, "2m"), (32 * 256, 36 * 256, "2m")]
+
+
+def test_split_on_write_counts_one_split_per_written_superpage(engine):
+    writes = [(100, 0, 0x0), (200, 0, MIB2 * 3 + 0x1000), (300, 0, MIB2 * 3 + 0x2000)]
+    r, tr = run(scripted(writes, memory_mib=8, layout="2m", engine=engine))
+    assert r.superpages_split == 2 and r.exits["ept_violation"] == 2
+    assert [e[3] for e in tr.of("split")] == [0, 3 * 512]
+
+
+def test_1g_split_on_write_goes_to_4k_in_one_go():
+    r, tr = run(scripted([(100, 0, 0x1234_5000)], memory_mib=1024, layout="1g"))
+    assert r.superpages_split == 1 and dict(tr.of("split")[0][4])["leaf"] == "1g"
+    assert r.lost_pages == 0
+
+
+def test_recoalesce_on_stop_rebuilds_every_split_superpage():
+    cfg = SimConfig(
+        duration_ms=0.2,
+        guest=GuestConfig(memory_mib=64, vcpus=2, layout="2m"),
+        superpage=SuperpageConfig(policy="split-on-write", recoalesce_on_stop=True),
+        workload=WorkloadConfig(writes_per_s_per_vcpu=2e6),
+    )
+    r = simulate(cfg)
+    assert r.superpages_split > 0 and r.superpages_recoalesced == r.superpages_split
+
+
+def test_naive_policy_loses_pages_under_random_writes_and_mark_whole_does_not():
+    base = dict(
+        duration_ms=0.5,
+        guest=GuestConfig(memory_mib=64, vcpus=2, layout="2m"),
+        workload=WorkloadConfig(writes_per_s_per_vcpu=2e6),
+    )
+    naive = simulate(SimConfig(superpage=SuperpageConfig(policy="naive"), **base))
+    whole = simulate(SimConfig(superpage=SuperpageConfig(policy="mark-whole"), **base))
+    assert naive.lost_pages > 0 and {lp.cause for lp in naive.lost} == {"superpage-naive"}
+    assert whole.lost_pages == 0 and whole.dirty_pages_reported > naive.dirty_pages_reported

@@ -1,0 +1,97 @@
+"""Statistical workloads write where and as often as configured, reproducibly."""
+
+import numpy as np
+import pytest
+
+from pmlsim import GuestConfig, SimConfig, WorkloadConfig, simulate
+from pmlsim.workloads import make_streams, regions
+
+
+def _writes(kind, sharing="partitioned", vcpus=2, chunks=4, **kw):
+    cfg = SimConfig(
+        seed=5,
+        guest=GuestConfig(memory_mib=16, vcpus=vcpus),
+        workload=WorkloadConfig(kind=kind, sharing=sharing, writes_per_s_per_vcpu=1e6, **kw),
+    )
+    out = []
+    for s in make_streams(cfg):
+        t, g = zip(*(s.next_chunk() for _ in range(chunks)), strict=True)
+        out.append((np.concatenate(t), np.concatenate(g)))
+    return cfg, out
+
+
+@pytest.mark.parametrize("kind", ["uniform", "hotcold", "zipf", "sequential"])
+def test_partitioned_vcpus_write_only_their_own_slice(kind):
+    cfg, streams = _writes(kind)
+    for (lo, hi), (_, g) in zip(regions(cfg.guest, "partitioned"), streams, strict=True):
+        assert g.min() >= lo and g.max() < hi
+
+
+def test_shared_vcpus_write_all_of_memory():
+    cfg, streams = _writes("uniform", sharing="shared")
+    g = np.concatenate([s[1] for s in streams])
+    assert g.min() < cfg.guest.pages // 8 and g.max() > cfg.guest.pages * 7 // 8
+
+
+def test_write_times_are_poisson_at_the_configured_rate():
+    _, streams = _writes("uniform", chunks=16)
+    t = streams[0][0]
+    assert np.all(np.diff(t) >= 0)
+    mean_gap = t[-1] / len(t)
+    assert mean_gap == pytest.approx(1000, rel=0.02)  # 1e6 writes/s -> 1000 ns
+
+
+def test_hotcold_sends_the_hot_write_fraction_to_the_hot_fraction_of_pages():
+    cfg, streams = _writes("hotcold", chunks=16, hot_fraction=0.1, hot_write_fraction=0.9)
+    lo, hi = regions(cfg.guest, "partitioned")[0]
+    g = streams[0][1] - lo
+    hot = int((hi - lo) * 0.1)
+    share = np.mean(g < hot)
+    n = len(g)
+    sd = np.sqrt(0.9 * 0.1 / n)
+    assert abs(share - 0.9) < 5 * sd
+
+
+def test_zipf_concentrates_writes_on_few_pages():
+    _, streams = _writes("zipf", chunks=8, zipf_s=1.2)
+    _, counts = np.unique(streams[0][1], return_counts=True)
+    top = np.sort(counts)[::-1]
+    assert top[:10].sum() > 0.3 * counts.sum()
+
+
+def test_sequential_sweeps_its_region_in_order_and_wraps():
+    cfg, streams = _writes("sequential")
+    lo, hi = regions(cfg.guest, "partitioned")[0]
+    g = streams[0][1]
+    assert list(g[:3]) == [lo, lo + 1, lo + 2]
+    assert g[hi - lo] == lo  # wrapped
+
+
+def test_idle_guest_writes_nothing_and_loses_nothing():
+    r = simulate(
+        SimConfig(duration_ms=1, guest=GuestConfig(memory_mib=16), workload=WorkloadConfig(writes_per_s_per_vcpu=0))
+    )
+    assert r.guest_writes == 0 and r.lost_pages == 0 and r.pml_entries_logged == 0
+
+
+def test_exits_delay_generated_writes_they_do_not_drop_them():
+    # same seed, same guest-time stream: a tiny buffer stalls the guest more, so fewer writes
+    # fit in the run, but every write it issued is the same write in the same order
+    base = SimConfig(
+        seed=9,
+        duration_ms=0.5,
+        guest=GuestConfig(memory_mib=16, vcpus=1),
+        workload=WorkloadConfig(writes_per_s_per_vcpu=5e6),
+    )
+    from pmlsim import ListTrace, PmlConfig
+
+    big, small = ListTrace(), ListTrace()
+    rb = simulate(base, trace=big)
+    rs = simulate(
+        SimConfig(seed=9, duration_ms=0.5, guest=base.guest, workload=base.workload, pml=PmlConfig(buffer_entries=8)),
+        trace=small,
+    )
+    assert rs.guest_stall_ns > rb.guest_stall_ns and rs.guest_writes < rb.guest_writes
+    gb = [e[3] for e in big.of("write_logged")]
+    gs = [e[3] for e in small.of("write_logged")]
+    assert gs == gb[: len(gs)]
