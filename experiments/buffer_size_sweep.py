@@ -12,7 +12,7 @@ import argparse
 
 import attrs
 
-from pmlsim import GuestConfig, SimConfig, WorkloadConfig, simulate
+from pmlsim import CollectorConfig, GuestConfig, MigrationConfig, SimConfig, WorkloadConfig, simulate
 
 SIZES = (64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -29,6 +29,8 @@ def main() -> None:
         duration_ms=args.duration_ms,
         guest=GuestConfig(memory_mib=args.memory_mib, vcpus=args.vcpus),
         workload=WorkloadConfig(kind="hotcold", writes_per_s_per_vcpu=5e6),
+        collector=CollectorConfig(enabled=True),
+        migration=MigrationConfig(enabled=False),
     )
     print(f"{'entries':>8} {'pml_full/s':>12} {'overhead':>9} {'staleness_us':>13} {'lost':>5}")
     for size in SIZES:

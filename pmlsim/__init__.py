@@ -1,12 +1,12 @@
 """pmlsim: a discrete-event simulator of Intel PML dirty-page logging."""
 
-from pmlsim.collector import LostPage
 from pmlsim.config import (
     CollectorConfig,
     ConfigError,
     CostConfig,
     GuestConfig,
     LeafRange,
+    MigrationConfig,
     PmlConfig,
     SimConfig,
     SuperpageConfig,
@@ -15,10 +15,12 @@ from pmlsim.config import (
     load_config,
 )
 from pmlsim.hypervisor import Faults
+from pmlsim.migration import MigrationResult, Round
 from pmlsim.results import Result
 from pmlsim.sim import simulate
 from pmlsim.trace import FileTrace, ListTrace, Trace
 from pmlsim.vcpu import VmExit
+from pmlsim.verify import LostPage
 
 __all__ = [
     "CollectorConfig",
@@ -30,8 +32,11 @@ __all__ = [
     "LeafRange",
     "ListTrace",
     "LostPage",
+    "MigrationConfig",
+    "MigrationResult",
     "PmlConfig",
     "Result",
+    "Round",
     "SimConfig",
     "SuperpageConfig",
     "SyncConfig",

@@ -24,6 +24,8 @@ SUPERPAGE_POLICIES = ("naive", "mark-whole", "split-on-write", "eager-split")
 WORKLOAD_KINDS = ("script", "uniform", "hotcold", "zipf", "sequential")
 SHARINGS = ("partitioned", "shared")
 ENGINES = ("fast", "reference")
+STOP_RULES = ("qemu", "xen")
+REARM_MODES = ("before-send", "after-send")
 MAX_VCPUS = 64  # the TLB model keeps one bit per vCPU in a 64-bit mask
 MAX_PML_ENTRIES = 65536
 
@@ -205,14 +207,14 @@ class SyncConfig:
 class WorkloadConfig:
     """What the guest writes."""
 
-    kind: str = _field("uniform", _choice(WORKLOAD_KINDS), "workload.kind")
+    kind: str = _field("hotcold", _choice(WORKLOAD_KINDS), "workload.kind")
     #: guest writes per second of guest run time, per vCPU (0 = idle).
-    writes_per_s_per_vcpu: float = _field(1e6, _num_range(0.0, 1e10), "workload.writes_per_s_per_vcpu")
+    writes_per_s_per_vcpu: float = _field(250e3, _num_range(0.0, 1e10), "workload.writes_per_s_per_vcpu")
     #: ``partitioned`` (each vCPU its own slice of memory) or ``shared`` (all of it).
     sharing: str = _field("partitioned", _choice(SHARINGS), "workload.sharing")
     #: hotcold: fraction of each region that is hot, and fraction of writes that go there.
-    hot_fraction: float = _field(0.1, _num_range(0.0, 1.0, lo_open=True), "workload.hot_fraction")
-    hot_write_fraction: float = _field(0.9, _num_range(0.0, 1.0), "workload.hot_write_fraction")
+    hot_fraction: float = _field(0.05, _num_range(0.0, 1.0, lo_open=True), "workload.hot_fraction")
+    hot_write_fraction: float = _field(0.95, _num_range(0.0, 1.0), "workload.hot_write_fraction")
     #: zipf: exponent s of the rank distribution.
     zipf_s: float = _field(1.1, _num_range(0.0, 10.0, lo_open=True), "workload.zipf_s")
     #: script: a CSV file with header ``time_ns,vcpu,gpa``.
@@ -227,8 +229,54 @@ class WorkloadConfig:
 class CollectorConfig:
     """A dirty-log consumer that syncs every ``interval_us`` and verifies what it collects."""
 
-    enabled: bool = _field(True, _bool, "collector.enabled")
+    enabled: bool = _field(False, _bool, "collector.enabled")
     interval_us: float = _field(1000.0, _num_range(0.001, 1e9), "collector.interval_us")
+
+
+def _optional(validator):
+    def check(inst, attribute, value):
+        if value is not None:
+            validator(inst, attribute, value)
+
+    return check
+
+
+@attrs.frozen
+class MigrationConfig:
+    """Pre-copy live migration, the dirty-log consumer of the default scenario."""
+
+    enabled: bool = _field(True, _bool, "migration.enabled")
+    #: link rate; QEMU's default max-bandwidth is 128 MiB/s, a modern link much more
+    bandwidth_mbit_s: float = _field(10000.0, _num_range(0.0, 1e9, lo_open=True), "migration.bandwidth_mbit_s")
+    #: bytes on the wire per page besides its 4 KiB (QEMU's be64 address/flags header)
+    page_header_bytes: int = _field(8, _int_range(0, 1 << 20), "migration.page_header_bytes")
+    #: QEMU downtime-limit (DEFAULT_MIGRATE_SET_DOWNTIME 300 ms)
+    downtime_limit_ms: float = _field(300.0, _num_range(0.0, 2e6, lo_open=True), "migration.downtime_limit_ms")
+    #: ``qemu`` (pending < bandwidth x downtime limit) or ``xen`` (30 iterations, < 50 pages, > 3x RAM)
+    stop_rule: str = _field("qemu", _choice(STOP_RULES), "migration.stop_rule")
+    #: QEMU sends for at most this long before re-checking the stop condition (ram.c MAX_WAIT)
+    iteration_ms: float = _field(50.0, _num_range(0.0, 1e6, lo_open=True), "migration.iteration_ms")
+    #: end a migration that has not switched over after this long ("did not converge");
+    #: unset: the rest of the simulated duration
+    max_time_ms: float | None = _field(None, _optional(_num_range(0.0, 1e7, lo_open=True)), "migration.max_time_ms")
+    #: ``before-send`` (safe: clear D and INVEPT, then copy) or ``after-send`` (copy, then re-arm)
+    rearm: str = _field("before-send", _choice(REARM_MODES), "migration.rearm")
+    #: QEMU auto-converge (cpu-throttle-initial/increment/max, throttle-trigger-threshold)
+    auto_converge: bool = _field(False, _bool, "migration.auto_converge")
+    throttle_initial_pct: int = _field(20, _int_range(1, 99), "migration.throttle_initial_pct")
+    throttle_increment_pct: int = _field(10, _int_range(1, 99), "migration.throttle_increment_pct")
+    throttle_max_pct: int = _field(99, _int_range(1, 99), "migration.throttle_max_pct")
+    throttle_trigger_threshold_pct: int = _field(50, _int_range(1, 100), "migration.throttle_trigger_threshold_pct")
+    #: QEMU updates rates and checks the throttle trigger at most once per second
+    throttle_period_ms: float = _field(1000.0, _num_range(0.0, 1e7, lo_open=True), "migration.throttle_period_ms")
+    #: Xen xc_domain_save: DEF_MAX_ITERS 29 (30 rounds), 50 pages, DEF_MAX_FACTOR 3
+    xen_max_iterations: int = _field(30, _int_range(1, 10**6), "migration.xen_max_iterations")
+    xen_min_dirty_pages: int = _field(50, _int_range(0, 2**62), "migration.xen_min_dirty_pages")
+    xen_max_factor: float = _field(3.0, _num_range(0.0, 1e6, lo_open=True), "migration.xen_max_factor")
+
+    @property
+    def page_wire_bits(self) -> int:
+        return (PAGE_SIZE + self.page_header_bytes) * 8
 
 
 @attrs.frozen
@@ -251,7 +299,8 @@ class SimConfig:
     """One simulation: the guest, the hardware, the hypervisor, the workload and the consumer."""
 
     seed: int = _field(0, _int_range(0, 2**63 - 1), "seed")
-    duration_ms: float = _field(10.0, _num_range(0.0, 1e7, lo_open=True), "duration_ms")
+    #: simulated time limit; a migration ends the run earlier when it completes
+    duration_ms: float = _field(5000.0, _num_range(0.0, 1e7, lo_open=True), "duration_ms")
     #: ``fast`` (vectorised, exact) or ``reference`` (one write at a time).
     engine: str = _field("fast", _choice(ENGINES), "engine")
     guest: GuestConfig = attrs.field(factory=GuestConfig)
@@ -260,10 +309,20 @@ class SimConfig:
     sync: SyncConfig = attrs.field(factory=SyncConfig)
     workload: WorkloadConfig = attrs.field(factory=WorkloadConfig)
     collector: CollectorConfig = attrs.field(factory=CollectorConfig)
+    migration: MigrationConfig = attrs.field(factory=MigrationConfig)
     costs: CostConfig = attrs.field(factory=CostConfig)
 
     def __attrs_post_init__(self):
         self.guest.leaf_ranges()  # validates layout against memory size
+        if self.collector.enabled and self.migration.enabled:
+            raise ConfigError(
+                "collector.enabled", True, "one dirty-log consumer per run: set migration.enabled = false to use it"
+            )
+        mt = self.migration.max_time_ms
+        if self.migration.enabled and mt is not None and mt > self.duration_ms:
+            raise ConfigError(
+                "migration.max_time_ms", mt, f"must be <= duration_ms ({self.duration_ms}): the run would end first"
+            )
         w = self.workload
         if w.kind == "script" and w.script is None and w.path is None:
             raise ConfigError("workload.path", None, "workload.kind='script' needs workload.path (a CSV) or a script")
@@ -294,6 +353,7 @@ SECTIONS = {
     "sync": SyncConfig,
     "workload": WorkloadConfig,
     "collector": CollectorConfig,
+    "migration": MigrationConfig,
     "costs": CostConfig,
 }
 TOP_LEVEL = ("seed", "duration_ms", "engine")

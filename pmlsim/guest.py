@@ -15,6 +15,10 @@ first (writes are SimPy events of the lowest priority).
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
+
+import attrs
 import numpy as np
 import simpy
 
@@ -30,10 +34,27 @@ WRITE_PRIORITY = 2
 MAX_BATCH = 8192
 #: "no event scheduled" as an integer time
 NO_EVENT = np.iinfo(np.int64).max
+#: bits for a window-relative time in a (gfn, time) sort key; windows are shorter than this
+TIME_BITS = 36
+MAX_WINDOW_NS = 1 << (TIME_BITS - 1)
+
+
+@attrs.define(eq=False)
+class PageReads:
+    """Pages to be read (copied) at given times, in time order; ``sink`` gets the versions."""
+
+    times: np.ndarray
+    pages: np.ndarray
+    sink: Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+    pos: int = 0
 
 
 class Guest:
-    """The CPUs running guest code: turns each vCPU's write stream into retired writes."""
+    """The CPUs running guest code: turns each vCPU's write stream into retired writes.
+
+    It also performs the page reads of a consumer copying guest memory (migration sending a
+    page): a read at time t sees every write retired before t, none at or after it.
+    """
 
     def __init__(
         self,
@@ -57,6 +78,48 @@ class Guest:
         self._exhausted = [False] * nv
         #: recent fraction of each vCPU's writes that logged (sizes the fast engine's windows)
         self._log_ratio = [1.0] * nv
+        self._reads: deque[PageReads] = deque()
+
+    def read_pages(self, times: np.ndarray, pages: np.ndarray, sink) -> None:
+        """Schedule reads of ``pages`` at ``times`` (non-decreasing, not before now).
+
+        At equal times a read comes after hypervisor events and before guest writes."""
+        assert len(times) == len(pages)
+        if len(times):
+            assert int(times[0]) >= self.env.now
+            self._reads.append(PageReads(np.asarray(times, np.int64), np.asarray(pages, np.int64), sink))
+
+    def _do_reads(self, G: np.ndarray, T: np.ndarray, limit: int, inclusive: bool) -> None:
+        """Perform the reads up to ``limit``: each sees the version before this window plus the
+        window's writes ``(G, T)`` (about to retire) to that page strictly before the read."""
+        kw = None
+        while self._reads:
+            batch = self._reads[0]
+            ts = batch.times[batch.pos :]
+            k = int(np.searchsorted(ts, limit, side="right" if inclusive else "left"))
+            if k == 0:
+                return
+            t_sel = ts[:k]
+            p_sel = batch.pages[batch.pos : batch.pos + k]
+            ver = self.memory.version[p_sel].copy()
+            if len(G):
+                if kw is None:
+                    kw = np.sort((G << TIME_BITS) | (T - self.env.now))
+                ks = (p_sel << TIME_BITS) | (t_sel - self.env.now)
+                ver += np.searchsorted(kw, ks, "left") - np.searchsorted(kw, p_sel << TIME_BITS, "left")
+            batch.pos += k
+            batch.sink(p_sel, ver, t_sel)
+            if batch.pos < len(batch.times):
+                return
+            self._reads.popleft()
+
+    def _next_read(self) -> tuple[int, int] | None:
+        while self._reads:
+            b = self._reads[0]
+            if b.pos < len(b.times):
+                return int(b.times[b.pos]), int(b.pages[b.pos])
+            self._reads.popleft()
+        return None
 
     # ------------------------------------------------------------ write streams
     def _pending(self, v: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +138,7 @@ class Guest:
         g = self._g[v][p : p + n]
         vc = self.vcpus[v]
         if self.streams[v].guest_time:
-            eff = t + vc.stall_ns
+            eff = vc.sim_time(t)
         else:
             eff = np.maximum(t, vc.resume_floor_ns)
         return eff, g
@@ -112,9 +175,12 @@ class Guest:
                     if p >= len(self._t[v]):
                         continue
                 t = int(self._t[v][p])
-                t = t + vc.stall_ns if self.streams[v].guest_time else max(t, vc.resume_floor_ns)
+                t = vc.sim_time(t) if self.streams[v].guest_time else max(t, vc.resume_floor_ns)
                 if best is None or t < best[0]:
                     best = (t, v, int(self._g[v][p]))
+            read = self._next_read()
+            if read is not None and (best is None or read[0] <= best[0]):
+                best = (read[0], -1, read[1])  # a page read goes before writes of the same ns
             if best is None:
                 yield self._at(self._peek())
                 continue
@@ -123,6 +189,11 @@ class Guest:
             if t > env.now or nxt <= env.now:
                 # wake at this write's time, or at the next event if sooner: it may resume a vCPU
                 yield self._at(max(min(t, nxt), env.now))
+                continue
+            if v < 0:
+                b = self._reads[0]
+                b.pos += 1
+                b.sink(np.array([g]), np.array([mem.version[g]]), np.array([t]))
                 continue
             vc = self.vcpus[v]
             leaf = int(ept.leaf_of_gfn[g])
@@ -154,7 +225,7 @@ class Guest:
         """Process writes window by window, vectorised, with exact cuts."""
         env = self.env
         while True:
-            horizon = self._peek()
+            horizon = min(self._peek(), env.now + MAX_WINDOW_NS)
             parts = []
             for vc in self.vcpus:
                 if not vc.running:
@@ -174,6 +245,7 @@ class Guest:
                     sel_v.append(np.full(k, v, dtype=np.int64))
                     sel_g.append(g[:k])
             if not sel_t:
+                self._do_reads(G=np.zeros(0, np.int64), T=np.zeros(0, np.int64), limit=horizon, inclusive=False)
                 yield self._at(horizon)
                 continue
             if len(sel_t) > 1:
@@ -185,7 +257,7 @@ class Guest:
                 T, V, G = T[order], V[order], G[order]
             else:
                 T, V, G = sel_t[0], sel_v[0], sel_g[0]
-            cut, reason = self._retire_window(T, V, G)
+            cut, reason = self._retire_window(T, V, G, horizon)
             if cut < len(T):
                 t_cut = int(T[cut])
                 if t_cut > env.now:
@@ -195,7 +267,7 @@ class Guest:
             else:
                 yield self._at(horizon)
 
-    def _retire_window(self, T: np.ndarray, V: np.ndarray, G: np.ndarray) -> tuple[int, VmExit | None]:
+    def _retire_window(self, T: np.ndarray, V: np.ndarray, G: np.ndarray, horizon: int) -> tuple[int, VmExit | None]:
         """Retire the longest prefix of the window that needs no exit. Returns (cut, reason)."""
         ept = self.ept
         n = len(G)
@@ -222,6 +294,12 @@ class Guest:
             if len(pos_v) > free and pos_v[free] < cut:
                 cut, reason = int(pos_v[free]), VmExit.PML_FULL
         log_pos = log_pos[log_pos < cut]
+        if self._reads:
+            # reads up to the cut write's time (they precede it), or up to the horizon
+            if cut < n:
+                self._do_reads(G[:cut], T[:cut], limit=int(T[cut]), inclusive=True)
+            else:
+                self._do_reads(G, T, limit=horizon, inclusive=False)
         if cut == 0:
             return cut, reason
         # ---- retire the prefix [0, cut)

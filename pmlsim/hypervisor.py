@@ -31,6 +31,8 @@ class Faults:
 
     #: drop the n-th PML entry drained in the run (0-based), as if the drain skipped it
     drop_drained_entry: int | None = None
+    #: drop the n-th page migration sends (0-based), as if it never reached the destination
+    drop_sent_page: int | None = None
 
 
 @attrs.define
@@ -214,13 +216,29 @@ class Hypervisor:
                     self.kick(v)
 
     # ------------------------------------------------------------ dirty-log sync
-    def sync(self, final: bool = False, on_read=None):
+    def rearm(self, gfns: np.ndarray):
+        """Re-arm logging for ``gfns`` (a generator): clear the D bits of their leaves (KVM
+        ``kvm_mmu_clear_dirty_pt_masked``), then INVEPT so that no TLB still says dirty."""
+        env, costs = self.env, self.costs
+        self.ept.clear_d_bits(gfns)
+        self.trace.emit(env.now, "d_clear", pages=len(gfns))
+        if len(gfns) and costs.rearm_per_page_ns:
+            yield env.timeout(len(gfns) * costs.rearm_per_page_ns)
+        if self.sync_config.invept:
+            self.ept.invept()
+            self.stats.invepts += 1
+            self.trace.emit(env.now, "invept")
+            if costs.invept_ns:
+                yield env.timeout(costs.invept_ns)
+
+    def sync(self, final: bool = False, on_read=None, rearm: bool = True):
         """One dirty-log sync (a generator returning a :class:`SyncRecord`).
 
         Xen (and every final sync): pause all vCPUs, drain every buffer, read and clear the
         bitmap, clear the D bits of the collected pages, INVEPT; the caller unpauses.
         KVM/periodic: kick every vCPU without waiting, then read, clear D, INVEPT.
-        ``on_read`` is called at the instant the bitmap is read.
+        ``on_read`` is called at the instant the bitmap is read. ``rearm=False`` leaves the
+        collected pages dirty for the caller to :meth:`rearm` later.
         """
         env, costs, sc = self.env, self.costs, self.sync_config
         rec = SyncRecord(start_ns=env.now)
@@ -248,16 +266,7 @@ class Hypervisor:
         scan = (self.ept.n_pages + 63) // 64 * costs.bitmap_scan_per_64_pages_ns
         if scan:
             yield env.timeout(scan)
-        # re-arm: clear D of the leaves mapping the collected pages (KVM clear_dirty_pt_masked)
-        self.ept.clear_d_bits(collected)
-        self.trace.emit(env.now, "d_clear", pages=len(collected))
-        if len(collected) and costs.rearm_per_page_ns:
-            yield env.timeout(len(collected) * costs.rearm_per_page_ns)
-        if sc.invept:
-            self.ept.invept()
-            self.stats.invepts += 1
-            self.trace.emit(env.now, "invept")
-            if costs.invept_ns:
-                yield env.timeout(costs.invept_ns)
+        if rearm:
+            yield from self.rearm(collected)
         rec.end_ns = env.now
         return rec

@@ -7,7 +7,9 @@ from typing import Any
 
 import attrs
 
-from pmlsim.collector import Collection, LostPage
+from pmlsim.collector import Collection
+from pmlsim.migration import MigrationResult
+from pmlsim.verify import LostPage
 
 LOST_EXAMPLES = 10
 
@@ -39,6 +41,7 @@ class Result:
     lost: tuple[LostPage, ...]
     collections: tuple[Collection, ...]
     per_vcpu: tuple[dict[str, Any], ...]
+    migration: MigrationResult | None = None
 
     @property
     def lost_pages(self) -> int:
@@ -70,10 +73,39 @@ class Result:
             "lost_pages": self.lost_pages,
             "lost_examples": [lp.to_dict() for lp in self.lost[:LOST_EXAMPLES]],
             "per_vcpu": list(self.per_vcpu),
+            "migration": self.migration.to_dict() if self.migration else None,
         }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def _migration_lines(self) -> list[str]:
+        m = self.migration
+        mc = self.config["migration"]
+        out = [
+            f"  migration: {mc['stop_rule']} stop rule, {mc['bandwidth_mbit_s']:,.0f} Mbit/s,"
+            f" downtime limit {mc['downtime_limit_ms']} ms, auto-converge {'on' if mc['auto_converge'] else 'off'}",
+            "    round   start_ms     end_ms   pages_sent  dirty_found  in_flight  dirty_rate/s  throttle",
+        ]
+        for r in m.rounds:
+            tag = " stop-and-copy" if r.stop_and_copy else ""
+            out.append(
+                f"    {r.index:>5} {r.start_ns / 1e6:>10.3f} {r.end_ns / 1e6:>10.3f} {r.pages_sent:>12,}"
+                f" {r.dirty_pages_found:>12,} {r.in_flight_entries:>10,}"
+                f" {'-' if r.dirty_rate_pages_per_s is None else f'{r.dirty_rate_pages_per_s:,.0f}':>13}"
+                f" {r.throttle_pct:>8}%{tag}"
+            )
+        if m.converged:
+            out.append(
+                f"  migrated in {m.migration_time_ns / 1e6:.3f} ms, downtime {m.downtime_ns / 1e6:.3f} ms,"
+                f" {m.total_pages_sent:,} pages ({m.bytes_sent / 2**20:,.1f} MiB) sent, stop reason {m.stop_reason}"
+            )
+        else:
+            out.append(
+                f"  DID NOT CONVERGE within {m.migration_time_ns / 1e6:.3f} ms"
+                f" ({m.total_pages_sent:,} pages sent); raise bandwidth or downtime limit, or enable auto-converge"
+            )
+        return out
 
     def summary(self) -> str:
         """A readable report for the terminal."""
@@ -96,11 +128,17 @@ class Result:
             f" max {self.bitmap_staleness_max_ns / 1e3:.1f} us)",
             f"  kicks / INVEPTs     {self.kicks:>14,}  / {self.invepts:,}",
             f"  superpages split    {self.superpages_split:>14,}",
-            f"  dirty pages reported{self.dirty_pages_reported:>14,}  over {len(self.collections)} collections"
-            f" ({self.late_pages:,} pages one collection late)",
         ]
+        if self.collections:
+            lines.append(
+                f"  dirty pages reported{self.dirty_pages_reported:>14,}  over {len(self.collections)} collections"
+                f" ({self.late_pages:,} pages one collection late)"
+            )
+        if self.migration is not None:
+            lines += self._migration_lines()
         if not self.verified:
-            lines.append("  verification        not run (collector disabled)")
+            why = "migration did not converge" if self.migration else "no dirty-log consumer"
+            lines.append(f"  verification        not run ({why})")
         elif not self.lost:
             lines.append("  verification        OK: every write reached the consumer")
         else:

@@ -13,6 +13,7 @@ from pmlsim.ept import Ept
 from pmlsim.guest import Guest
 from pmlsim.hypervisor import Faults, Hypervisor
 from pmlsim.memory import GuestMemory
+from pmlsim.migration import Migration
 from pmlsim.results import Result
 from pmlsim.trace import Trace
 from pmlsim.vcpu import Vcpu
@@ -33,18 +34,25 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
     hv = Hypervisor(env, config, ept, vcpus, bitmap, trace, faults)
     guest = Guest(env, ept, vcpus, memory, make_streams(config), trace)
     collector = Collector(env, config, hv, memory, trace) if config.collector.enabled else None
+    migration = Migration(env, config, hv, guest, memory, trace) if config.migration.enabled else None
     duration = config.duration_ns
     end_state: dict[str, object] = {}
 
     def run():
         """Logging starts at t=0; the consumer runs to the end; then logging stops."""
         hv.start_logging()
-        if collector is not None:
+        if migration is not None:
+            yield from migration.run(duration)
+            end_state["stall"] = migration.stall_at_pause
+            end_state["run_ns"] = migration.guest_run_end_ns
+        elif collector is not None:
             yield from collector.run(duration)
             end_state["stall"] = collector.stall_at_end
+            end_state["run_ns"] = duration
         else:
             yield env.timeout(duration)
             end_state["stall"] = [v.stall_until(env.now) for v in vcpus]
+            end_state["run_ns"] = duration
         end_state["recoalesced"] = ept.recoalesce() if config.superpage.recoalesce_on_stop else 0
 
     env.process(guest.run_reference() if config.engine == "reference" else guest.run_fast())
@@ -55,6 +63,14 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
     trace.close()
 
     stall = end_state["stall"]
+    run_ns = max(int(end_state["run_ns"]), 1)
+    consumer = collector.copy if collector else migration.dest if migration else None
+    if migration is not None:
+        verified = migration.result.verified
+        reported = sum(r.dirty_pages_found for r in migration.result.rounds)
+    else:
+        verified = collector is not None
+        reported = collector.pages_collected if collector else 0
     exits: dict[str, int] = {}
     for v in vcpus:
         for k, c in v.exits.items():
@@ -69,20 +85,21 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
         pml_entries_logged=sum(v.logged for v in vcpus),
         exits=dict(sorted(exits.items())),
         guest_stall_ns=int(sum(stall)),
-        guest_overhead=sum(stall) / (len(vcpus) * duration),
+        guest_overhead=sum(stall) / (len(vcpus) * run_ns),
         flushes=st.flushes,
         flushed_entries=st.flushed_entries,
         bitmap_staleness_mean_ns=st.staleness_sum_ns / st.flushed_entries if st.flushed_entries else 0.0,
         bitmap_staleness_max_ns=st.staleness_max_ns,
         kicks=st.kicks,
         invepts=st.invepts,
-        dirty_pages_reported=collector.pages_collected if collector else 0,
+        dirty_pages_reported=reported,
         superpages_split=st.superpages_split,
         superpages_recoalesced=int(end_state["recoalesced"]),
-        verified=collector is not None,
+        verified=verified,
         late_pages=collector.late_pages if collector else 0,
-        lost=tuple(collector.lost) if collector else (),
+        lost=tuple(consumer.lost) if consumer else (),
         collections=tuple(collector.collections) if collector else (),
+        migration=migration.result if migration else None,
         per_vcpu=tuple(
             {
                 "vcpu": v.index,

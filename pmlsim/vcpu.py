@@ -4,6 +4,11 @@ A vCPU is RUNNING (its writes retire), IN_EXIT (in root mode: the hypervisor han
 no guest write retires) or PAUSED (descheduled by the hypervisor until unpaused). Time spent
 out of RUNNING is *stall*: a generated workload's next write is pushed later by it, never
 dropped.
+
+Guest clock: a generated workload gives write times in guest run time. While running, the
+guest clock advances at ``speed_pct`` percent of simulated time (100 unless migration's
+auto-converge throttles the vCPU, as QEMU's cpu-throttle makes the vCPU thread sleep); it stops
+while the vCPU is out of guest mode. All in integer ns, so both engines agree to the ns.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class Vcpu:
         #: total ns spent out of guest mode; shifts generated writes later
         self.stall_ns = 0
         self._stopped_at = 0
+        #: guest clock = base_guest_ns + (t - base_sim_ns) * speed_pct // 100 while running
+        self.base_sim_ns = 0
+        self.base_guest_ns = 0
+        self.speed_pct = 100
         #: scripted writes are not issued before the vCPU last re-entered the guest
         self.resume_floor_ns = 0
         self.pause_requested = False
@@ -59,6 +68,27 @@ class Vcpu:
     def running(self) -> bool:
         return self.state is State.RUNNING
 
+    def guest_clock(self, t_ns: int) -> int:
+        """Guest run time reached at simulated time ``t_ns`` (frozen while stopped)."""
+        if self.state is not State.RUNNING:
+            return self.base_guest_ns
+        return self.base_guest_ns + (t_ns - self.base_sim_ns) * self.speed_pct // 100
+
+    def sim_time(self, guest_ns):
+        """Simulated time at which guest time ``guest_ns`` is reached (int or int64 array)."""
+        d = guest_ns - self.base_guest_ns
+        if self.speed_pct == 100:
+            return self.base_sim_ns + d
+        return self.base_sim_ns - ((-d * 100) // self.speed_pct)  # ceil division
+
+    def set_speed(self, speed_pct: int) -> None:
+        """Throttle (or unthrottle) the guest clock from now on."""
+        now = self.env.now
+        if self.state is State.RUNNING:
+            self.base_guest_ns = self.guest_clock(now)
+            self.base_sim_ns = now
+        self.speed_pct = speed_pct
+
     def stall_until(self, t_ns: int) -> int:
         """Stall so far, counting a stop still in progress up to ``t_ns``."""
         extra = t_ns - self._stopped_at if self.state is not State.RUNNING else 0
@@ -67,6 +97,7 @@ class Vcpu:
     def vm_exit(self, reason: VmExit, gfn: int = -1, drain: bool = True) -> simpy.Process:
         """Leave guest mode now. ``gfn``: the faulting page (EPT violation, PML-full retry)."""
         assert self.state is State.RUNNING, (self.index, self.state)
+        self.base_guest_ns = self.guest_clock(self.env.now)
         self.state = State.IN_EXIT
         self._stopped_at = self.env.now
         self.exits[reason.value] += 1
@@ -102,5 +133,6 @@ class Vcpu:
         now = self.env.now
         self.stall_ns += now - self._stopped_at
         self.resume_floor_ns = now
+        self.base_sim_ns = now
         self.state = State.RUNNING
         self.hv.trace.emit(now, "vm_entry", self.index)

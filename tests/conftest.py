@@ -13,6 +13,7 @@ from pmlsim import (
     CostConfig,
     GuestConfig,
     ListTrace,
+    MigrationConfig,
     PmlConfig,
     SimConfig,
     SuperpageConfig,
@@ -26,6 +27,9 @@ from pmlsim import (
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+#: settings for a run whose dirty-log consumer is the periodic collector
+COLLECTOR = {"collector": CollectorConfig(enabled=True), "migration": MigrationConfig(enabled=False)}
 
 KIB4 = 0x1000
 MIB2 = 0x200000
@@ -57,7 +61,8 @@ def scripted(
         superpage=SuperpageConfig(policy=superpage),
         sync=SyncConfig(drain_pml=drain_pml, invept=invept),
         workload=WorkloadConfig(kind="script", script=writes),
-        collector=CollectorConfig(interval_us=collect_every_us),
+        collector=CollectorConfig(enabled=True, interval_us=collect_every_us),
+        migration=MigrationConfig(enabled=False),
         costs=costs or CostConfig(),
     )
 

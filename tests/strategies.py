@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from pmlsim import (
     CollectorConfig,
     GuestConfig,
+    MigrationConfig,
     PmlConfig,
     SimConfig,
     SuperpageConfig,
@@ -56,5 +57,6 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
             sharing=draw(st.sampled_from(["partitioned", "shared"])),
             script=script,
         ),
-        collector=CollectorConfig(interval_us=draw(st.sampled_from([3.0, 20.0, 100.0]))),
+        collector=CollectorConfig(enabled=True, interval_us=draw(st.sampled_from([3.0, 20.0, 100.0]))),
+        migration=MigrationConfig(enabled=False),
     )

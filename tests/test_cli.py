@@ -26,19 +26,57 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "pmlsim", *args], capture_output=True, text=True, check=False)
 
 
-def test_run_prints_a_readable_summary():
-    p = _cli("run", "--set", "duration_ms=1", "--set", "guest.memory_mib=64")
+#: a small, quick migration that still needs pre-copy rounds (64 MiB over 1 Gbit/s)
+SMALL = [
+    "--set",
+    "guest.memory_mib=64",
+    "--set",
+    "guest.vcpus=2",
+    "--set",
+    "migration.bandwidth_mbit_s=1000",
+    "--set",
+    "migration.downtime_limit_ms=50",
+    "--set",
+    "workload.writes_per_s_per_vcpu=50000",
+]
+#: the periodic collector instead of migration
+COLLECT = ["--set", "migration.enabled=false", "--set", "collector.enabled=true"]
+
+
+def test_run_prints_a_readable_summary_with_the_migration_rounds():
+    p = _cli("run", *SMALL)
     assert p.returncode == 0, p.stderr
     assert "verification        OK" in p.stdout and "PML entries logged" in p.stdout
+    assert "stop-and-copy" in p.stdout and "stop reason downtime-limit" in p.stdout
+
+
+def test_run_with_the_collector_prints_collections():
+    p = _cli("run", *SMALL, *COLLECT, "--set", "duration_ms=2")
+    assert p.returncode == 0, p.stderr
+    assert "over 2 collections" in p.stdout and "verification        OK" in p.stdout
 
 
 def test_run_json_has_the_documented_keys_and_resolved_config():
-    p = _cli("run", "--json", "--set", "duration_ms=1", "--set", "guest.memory_mib=64", "--set", "pml.flush_policy=xen")
+    p = _cli("run", "--json", *SMALL, "--set", "pml.flush_policy=xen")
     out = json.loads(p.stdout)
     assert KEYS <= out.keys()
     assert out["config"]["pml"]["flush_policy"] == "xen" and out["config"]["pml"]["buffer_entries"] == 512
     assert out["lost_pages"] == 0 and out["guest_writes"] > 0
     assert set(out["exits"]) <= {"pml_full", "ept_violation", "kick", "pause"}
+    m = out["migration"]
+    assert m["converged"] and m["stop_reason"] == "downtime-limit" and m["verification"]["lost_pages"] == 0
+    assert m["total_pages_sent"] >= 64 * 256 and m["bytes_sent"] == m["total_pages_sent"] * (4096 + 8)
+    assert {"rounds", "migration_time_ns", "downtime_ns"} <= m.keys()
+    assert {
+        "start_ns",
+        "end_ns",
+        "pages_sent",
+        "bytes_sent",
+        "dirty_pages_found",
+        "in_flight_entries",
+        "dirty_rate_pages_per_s",
+        "throttle_pct",
+    } <= m["rounds"][0].keys()
 
 
 def test_json_reports_lost_examples_with_gfn_vcpu_time_and_cause(tmp_path):
@@ -47,6 +85,7 @@ def test_json_reports_lost_examples_with_gfn_vcpu_time_and_cause(tmp_path):
     p = _cli(
         "run",
         "--json",
+        *COLLECT,
         "--set",
         "duration_ms=0.01",
         "--set",
@@ -79,6 +118,7 @@ def test_trace_csv_and_jsonl_record_every_event(tmp_path):
             "run",
             "--trace",
             str(path),
+            *COLLECT,
             "--set",
             "duration_ms=0.05",
             "--set",

@@ -6,13 +6,15 @@ import sys
 
 import attrs
 
-from pmlsim import GuestConfig, SimConfig, WorkloadConfig, simulate
+from pmlsim import CollectorConfig, GuestConfig, MigrationConfig, SimConfig, WorkloadConfig, simulate
 
 CONFIG = SimConfig(
     seed=1234,
     duration_ms=0.5,
     guest=GuestConfig(memory_mib=32, vcpus=3, layout="mixed", fraction_2m=0.5),
     workload=WorkloadConfig(kind="zipf", writes_per_s_per_vcpu=3e6, sharing="shared"),
+    collector=CollectorConfig(enabled=True),
+    migration=MigrationConfig(enabled=False),
 )
 
 
@@ -35,7 +37,8 @@ def test_same_seed_same_json_across_processes():
     code = (
         "import json; from pmlsim import *;"
         "c = SimConfig(seed=1234, duration_ms=0.5, guest=GuestConfig(memory_mib=32, vcpus=3, layout='mixed',"
-        " fraction_2m=0.5), workload=WorkloadConfig(kind='zipf', writes_per_s_per_vcpu=3e6, sharing='shared'));"
+        " fraction_2m=0.5), workload=WorkloadConfig(kind='zipf', writes_per_s_per_vcpu=3e6, sharing='shared'),"
+        " collector=CollectorConfig(enabled=True), migration=MigrationConfig(enabled=False));"
         "d = simulate(c).to_dict(); d.pop('wall_time_s'); print(json.dumps(d))"
     )
     outs = [

@@ -4,6 +4,8 @@ import attrs
 from hypothesis import HealthCheck, given, settings
 from strategies import configs
 
+from conftest import COLLECTOR
+
 from pmlsim import GuestConfig, ListTrace, SimConfig, WorkloadConfig, simulate
 
 
@@ -39,5 +41,6 @@ def test_fast_engine_equals_reference_on_16_vcpus_sharing_memory():
         duration_ms=0.1,
         guest=GuestConfig(memory_mib=16, vcpus=16, layout="mixed", fraction_2m=0.5),
         workload=WorkloadConfig(kind="hotcold", sharing="shared", writes_per_s_per_vcpu=5e6),
+        **COLLECTOR,
     )
     _assert_same(config)

@@ -1,6 +1,6 @@
 """Superpage layouts and policies: splits counted, re-coalescing measured."""
 
-from conftest import MIB2, run, scripted
+from conftest import COLLECTOR, MIB2, run, scripted
 
 from pmlsim import GuestConfig, LeafRange, SimConfig, SuperpageConfig, WorkloadConfig, simulate
 from pmlsim.ept import Ept
@@ -41,6 +41,7 @@ def test_recoalesce_on_stop_rebuilds_every_split_superpage():
         guest=GuestConfig(memory_mib=64, vcpus=2, layout="2m"),
         superpage=SuperpageConfig(policy="split-on-write", recoalesce_on_stop=True),
         workload=WorkloadConfig(writes_per_s_per_vcpu=2e6),
+        **COLLECTOR,
     )
     r = simulate(cfg)
     assert r.superpages_split > 0 and r.superpages_recoalesced == r.superpages_split
@@ -52,7 +53,7 @@ def test_naive_policy_loses_pages_under_random_writes_and_mark_whole_does_not():
         guest=GuestConfig(memory_mib=64, vcpus=2, layout="2m"),
         workload=WorkloadConfig(writes_per_s_per_vcpu=2e6),
     )
-    naive = simulate(SimConfig(superpage=SuperpageConfig(policy="naive"), **base))
-    whole = simulate(SimConfig(superpage=SuperpageConfig(policy="mark-whole"), **base))
+    naive = simulate(SimConfig(superpage=SuperpageConfig(policy="naive"), **base, **COLLECTOR))
+    whole = simulate(SimConfig(superpage=SuperpageConfig(policy="mark-whole"), **base, **COLLECTOR))
     assert naive.lost_pages > 0 and {lp.cause for lp in naive.lost} == {"superpage-naive"}
     assert whole.lost_pages == 0 and whole.dirty_pages_reported > naive.dirty_pages_reported

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from conftest import COLLECTOR
+
 from pmlsim import GuestConfig, SimConfig, WorkloadConfig, simulate
 from pmlsim.workloads import make_streams, regions
 
@@ -69,7 +71,12 @@ def test_sequential_sweeps_its_region_in_order_and_wraps():
 
 def test_idle_guest_writes_nothing_and_loses_nothing():
     r = simulate(
-        SimConfig(duration_ms=1, guest=GuestConfig(memory_mib=16), workload=WorkloadConfig(writes_per_s_per_vcpu=0))
+        SimConfig(
+            duration_ms=1,
+            guest=GuestConfig(memory_mib=16),
+            workload=WorkloadConfig(writes_per_s_per_vcpu=0),
+            **COLLECTOR,
+        )
     )
     assert r.guest_writes == 0 and r.lost_pages == 0 and r.pml_entries_logged == 0
 
@@ -82,13 +89,21 @@ def test_exits_delay_generated_writes_they_do_not_drop_them():
         duration_ms=0.5,
         guest=GuestConfig(memory_mib=16, vcpus=1),
         workload=WorkloadConfig(writes_per_s_per_vcpu=5e6),
+        **COLLECTOR,
     )
     from pmlsim import ListTrace, PmlConfig
 
     big, small = ListTrace(), ListTrace()
     rb = simulate(base, trace=big)
     rs = simulate(
-        SimConfig(seed=9, duration_ms=0.5, guest=base.guest, workload=base.workload, pml=PmlConfig(buffer_entries=8)),
+        SimConfig(
+            seed=9,
+            duration_ms=0.5,
+            guest=base.guest,
+            workload=base.workload,
+            pml=PmlConfig(buffer_entries=8),
+            **COLLECTOR,
+        ),
         trace=small,
     )
     assert rs.guest_stall_ns > rb.guest_stall_ns and rs.guest_writes < rb.guest_writes

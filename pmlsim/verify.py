@@ -1,0 +1,115 @@
+"""Verification shared by every dirty-log consumer: what it holds against what the guest wrote.
+
+A consumer's *copy* holds, for each page, the version it last took (the collector right after a
+sync; migration at the instant a page is sent). A page whose copy is older than the version it
+must have is a lost page, reported with the write that was lost and why.
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+from pmlsim.config import SimConfig
+from pmlsim.hypervisor import Hypervisor, SyncRecord
+from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, STALE_TLB, GuestMemory, MemorySnapshot
+from pmlsim.trace import Trace
+
+#: every cause a lost page can be reported with, and what it means
+CAUSES = {
+    "stale-tlb": "a write through a TLB entry that still said dirty after the D bit was cleared (no INVEPT)",
+    "superpage-naive": "a write to another 4 KiB page of a superpage whose D bit was already set",
+    "pml-entry-not-drained": "its PML entry was still in a vCPU buffer at a bitmap read that did not drain",
+    "sampled-before-rearm": "written after the page was sent but before its D bit was cleared (re-arm after send)",
+    "never-sent": "the destination never received the page at all",
+    "unexplained": "not in the bitmap and not in any PML buffer (a hypervisor bug)",
+}
+
+
+@attrs.frozen
+class LostPage:
+    """A page whose last write the consumer never received."""
+
+    gfn: int
+    vcpu: int
+    write_time_ns: int
+    version: int
+    cause: str
+    detected_ns: int
+
+    def to_dict(self) -> dict:
+        return attrs.asdict(self)
+
+
+class ConsumerCopy:
+    """The versions a consumer holds, and the lost pages found by comparing them."""
+
+    def __init__(self, config: SimConfig, hv: Hypervisor, memory: GuestMemory, trace: Trace, initial_version: int = 0):
+        self.config = config
+        self.hv = hv
+        self.memory = memory
+        self.trace = trace
+        n = len(memory.version)
+        self.version = np.full(n, initial_version, dtype=np.int64)
+        #: when each page was last taken (-1: never)
+        self.taken_ns = np.full(n, -1, dtype=np.int64)
+        self._reported = np.zeros(n, dtype=np.int64)  # highest version already reported lost
+        #: GFNs in PML buffers at the last two bitmap reads (to explain late or lost pages)
+        self._in_flight: list[np.ndarray] = []
+        self.lost: list[LostPage] = []
+        #: the consumer re-arms pages only after taking them (the unsafe migration variant)
+        self.rearms_after_taking = False
+
+    def take(self, pages: np.ndarray, versions: np.ndarray, t_ns: np.ndarray | int) -> None:
+        self.version[pages] = versions
+        self.taken_ns[pages] = t_ns
+
+    def note_sync(self, rec: SyncRecord) -> None:
+        self._in_flight = [*self._in_flight[-1:], rec.in_flight_gfns]
+
+    def check(self, required: np.ndarray, snap: MemorySnapshot | None, now_ns: int) -> int:
+        """Report every page whose copy is older than ``required`` (not reported before).
+
+        ``snap`` names the last writers when ``required`` is a snapshot's versions; otherwise
+        they are read from guest memory now."""
+        bad = np.flatnonzero((self.version < required) & (required > self._reported))
+        src = snap if snap is not None else self.memory
+        for g in bad:
+            g = int(g)
+            lp = LostPage(
+                gfn=g,
+                vcpu=int(src.last_vcpu[g]),
+                write_time_ns=int(src.last_time_ns[g]),
+                version=int(required[g]),
+                cause=(
+                    "never-sent"
+                    if self.version[g] < 0
+                    else self.cause(g, int(src.last_kind[g]), int(src.last_time_ns[g]))
+                ),
+                detected_ns=int(now_ns),
+            )
+            self.lost.append(lp)
+            self.trace.emit(now_ns, "lost_page", lp.vcpu, g, cause=lp.cause, write_time_ns=lp.write_time_ns)
+        self._reported[bad] = required[bad]
+        return len(bad)
+
+    def cause(self, gfn: int, kind: int, write_time_ns: int) -> str:
+        """Why the write of kind ``kind`` to ``gfn`` did not reach the consumer."""
+        naive = self.config.superpage.policy == "naive"
+        if kind == STALE_TLB:
+            # with INVEPT, a stale write can only fall between the D clear and the INVEPT of a
+            # sync, to a page whose leaf was just collected: lost only if the leaf is a
+            # superpage of which the naive policy collected another 4 KiB page
+            return "superpage-naive" if naive and self.config.sync.invept else "stale-tlb"
+        if kind in (DIRTY_4K, DIRTY_SUPER) and self.rearms_after_taking and write_time_ns >= self.taken_ns[gfn] >= 0:
+            return "sampled-before-rearm"
+        if kind == DIRTY_SUPER and naive:
+            return "superpage-naive"
+        # its entry (or, for a superpage, the leaf's entry) sat in a PML buffer at a bitmap read
+        ept = self.hv.ept
+        leaf = ept.leaf_of_gfn[gfn]
+        in_buffers = [v.pml.entries()[0] >> 12 for v in self.hv.vcpus]
+        for gfns in self._in_flight + in_buffers:
+            if np.any(ept.leaf_of_gfn[gfns] == leaf):
+                return "pml-entry-not-drained"
+        return "unexplained"
