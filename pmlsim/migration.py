@@ -127,7 +127,7 @@ class Migration:
         """Migrate: rounds until the stop rule says switch over, or until the deadline."""
         self._start = self._round_start = self._last_sync = self._period_start = self.env.now
         max_ns = self.mc.max_time_ms
-        deadline = self._start + (int(round(max_ns * 1e6)) if max_ns is not None else duration_ns)
+        deadline = self._start + (round(max_ns * 1e6) if max_ns is not None else duration_ns)
         if self.mc.stop_rule == "qemu":
             yield from self._qemu(deadline)
         else:

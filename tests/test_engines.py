@@ -1,10 +1,9 @@
 """The fast engine gives exactly the reference engine's answers (same config, same seed)."""
 
 import attrs
+from conftest import COLLECTOR
 from hypothesis import HealthCheck, given, settings
 from strategies import configs
-
-from conftest import COLLECTOR
 
 from pmlsim import GuestConfig, ListTrace, SimConfig, WorkloadConfig, simulate
 
