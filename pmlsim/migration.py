@@ -20,6 +20,7 @@ Stop rules (docs/migration.md has the sources):
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import attrs
@@ -49,7 +50,7 @@ class Round:
     new_dirty_pages: int
     #: PML entries still in vCPU buffers when that sync read the bitmap
     in_flight_entries: int
-    #: dirty pages found per second since the previous sync (None for stop-and-copy)
+    #: dirty pages found per second since the previous sync (None: no sync ended the round)
     dirty_rate_pages_per_s: float | None
     throttle_pct: int
     stop_and_copy: bool = False
@@ -66,6 +67,8 @@ class MigrationResult:
     stop_reason: str
     verified: bool
     lost_pages: int
+    #: BLAKE2b of the destination's page versions: equal digests, equal destination memory
+    destination_digest: str
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self)
@@ -103,6 +106,8 @@ class Migration:
         self.queue = np.arange(n, dtype=np.int64)
         self.pos = 0
         self.queued = np.ones(n, dtype=bool)
+        #: rearm=after-send: pages collected by a sync whose D bits are still to be cleared
+        self.unarmed = np.zeros(n, dtype=bool)
         self.rounds: list[Round] = []
         self.pages_sent = 0
         self.throttle_pct = 0
@@ -195,8 +200,11 @@ class Migration:
         self.pages_sent += n
         self._round_pages += n
         if self.mc.rearm == "after-send":
-            # the unsafe order: the pages were copied before their D bits were cleared
-            yield from self.hv.rearm(pages)
+            # the unsafe order: collected pages were copied before their D bits were cleared
+            todo = pages[self.unarmed[pages]]
+            if len(todo):
+                self.unarmed[todo] = False
+                yield from self.hv.rearm(todo)
 
     def _receive(self, pages: np.ndarray, versions: np.ndarray, times: np.ndarray) -> None:
         """Pages read at the source arrive at the destination (unless a fault drops one)."""
@@ -216,6 +224,8 @@ class Migration:
             self.hv.unpause_all()  # Xen's sync paused the domain; the domctl returns
         self.dest.note_sync(rec)
         found = rec.collected
+        if self.mc.rearm == "after-send":
+            self.unarmed[found] = True
         new = found[~self.queued[found]]
         self.queue = np.concatenate([self.queue[self.pos :], new])
         self.pos = 0
@@ -234,7 +244,8 @@ class Migration:
             self._maybe_throttle()
         return rec
 
-    def _close_round(self, found: int, new: int, in_flight: int, elapsed: int, final: bool) -> None:
+    def _close_round(self, found: int, new: int, in_flight: int, elapsed: int | None, final: bool) -> None:
+        """Record the round that ends now; ``elapsed=None``: no sync ended it (no dirty rate)."""
         self.rounds.append(
             Round(
                 index=len(self.rounds),
@@ -245,7 +256,7 @@ class Migration:
                 dirty_pages_found=found,
                 new_dirty_pages=new,
                 in_flight_entries=in_flight,
-                dirty_rate_pages_per_s=None if final else found / elapsed * 1e9 if elapsed > 0 else 0.0,
+                dirty_rate_pages_per_s=None if final or elapsed is None else found / elapsed * 1e9 if elapsed else 0.0,
                 throttle_pct=self.throttle_pct,
                 stop_and_copy=final,
             )
@@ -283,7 +294,7 @@ class Migration:
         self.trace.emit(t_pause, "stop_and_copy", reason=reason)
         if self._round_pages:
             # a pass that ended without a sync (Xen's last iteration) is a round of its own
-            self._close_round(0, 0, 0, 0, final=False)
+            self._close_round(0, 0, 0, None, final=False)
             self._round_start = t_pause
             self._round_pages = 0
         # the stop-and-copy round: pause, final sync (drains every buffer), send the rest
@@ -318,4 +329,5 @@ class Migration:
             stop_reason=reason,
             verified=verified,
             lost_pages=len(self.dest.lost),
+            destination_digest=hashlib.blake2b(self.dest.version.tobytes(), digest_size=16).hexdigest(),
         )

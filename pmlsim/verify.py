@@ -53,7 +53,7 @@ class ConsumerCopy:
         self.version = np.full(n, initial_version, dtype=np.int64)
         #: when each page was last taken (-1: never)
         self.taken_ns = np.full(n, -1, dtype=np.int64)
-        self._reported = np.zeros(n, dtype=np.int64)  # highest version already reported lost
+        self._reported = np.full(n, -1, dtype=np.int64)  # highest version already reported lost
         #: GFNs in PML buffers at the last two bitmap reads (to explain late or lost pages)
         self._in_flight: list[np.ndarray] = []
         self.lost: list[LostPage] = []

@@ -67,6 +67,45 @@ def scripted(
     )
 
 
+#: with no page header, 32768 Mbit/s sends one 4 KiB page per microsecond
+US_PER_PAGE_MBIT = 32768
+
+
+def migrating(
+    writes=(),
+    *,
+    vcpus: int = 1,
+    memory_mib: int = 4,
+    layout: str = "4k",
+    policy: str = "xen",
+    superpage: str = "split-on-write",
+    stop_rule: str = "xen",
+    rearm: str = "before-send",
+    drain_pml: bool = True,
+    invept: bool = True,
+    downtime_limit_ms: float = 300.0,
+    duration_ms: float = 100.0,
+    engine: str = "fast",
+) -> SimConfig:
+    """A migration of a scripted guest where page p of round 0 is sent at t = p microseconds."""
+    return SimConfig(
+        duration_ms=duration_ms,
+        engine=engine,
+        guest=GuestConfig(memory_mib=memory_mib, vcpus=vcpus, layout=layout),
+        pml=PmlConfig(flush_policy=policy),
+        superpage=SuperpageConfig(policy=superpage),
+        sync=SyncConfig(drain_pml=drain_pml, invept=invept),
+        workload=WorkloadConfig(kind="script", script=list(writes)),
+        migration=MigrationConfig(
+            bandwidth_mbit_s=US_PER_PAGE_MBIT,
+            page_header_bytes=0,
+            stop_rule=stop_rule,
+            rearm=rearm,
+            downtime_limit_ms=downtime_limit_ms,
+        ),
+    )
+
+
 def run(config: SimConfig):
     """Run with an in-memory trace; returns (result, trace)."""
     trace = ListTrace()

@@ -39,9 +39,33 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
                 max_size=300,
             )
         )
+    if draw(st.booleans()):
+        consumer = {
+            "collector": CollectorConfig(enabled=True, interval_us=draw(st.sampled_from([3.0, 20.0, 100.0]))),
+            "migration": MigrationConfig(enabled=False),
+        }
+        duration_ms = draw(st.sampled_from([0.05, 0.2]))
+        rate = draw(st.sampled_from([2e5, 2e6, 1e7]))
+    else:
+        # a small, fast link: 125 ns or 1 us per page, so passes are short
+        consumer = {
+            "collector": CollectorConfig(enabled=False),
+            "migration": MigrationConfig(
+                bandwidth_mbit_s=draw(st.sampled_from([262144.0, 32768.0])),
+                page_header_bytes=0,
+                stop_rule=draw(st.sampled_from(["qemu", "xen"])),
+                downtime_limit_ms=draw(st.sampled_from([0.02, 0.3])),
+                iteration_ms=draw(st.sampled_from([0.05, 50.0])),
+                rearm="before-send" if safe else draw(st.sampled_from(["before-send", "after-send"])),
+                auto_converge=draw(st.booleans()),
+                throttle_period_ms=0.1,
+            ),
+        }
+        duration_ms = 1.0
+        rate = draw(st.sampled_from([2e5, 2e6]))
     return SimConfig(
         seed=draw(st.integers(0, 2**32)),
-        duration_ms=draw(st.sampled_from([0.05, 0.2])),
+        duration_ms=duration_ms,
         engine=engine,
         guest=GuestConfig(memory_mib=memory_mib, vcpus=vcpus, layout=layout, fraction_2m=0.5),
         pml=PmlConfig(
@@ -53,10 +77,9 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
         sync=SyncConfig(drain_pml=drain, invept=invept),
         workload=WorkloadConfig(
             kind=kind,
-            writes_per_s_per_vcpu=draw(st.sampled_from([2e5, 2e6, 1e7])),
+            writes_per_s_per_vcpu=rate,
             sharing=draw(st.sampled_from(["partitioned", "shared"])),
             script=script,
         ),
-        collector=CollectorConfig(enabled=True, interval_us=draw(st.sampled_from([3.0, 20.0, 100.0]))),
-        migration=MigrationConfig(enabled=False),
+        **consumer,
     )

@@ -28,7 +28,7 @@ def _assert_same(config):
     assert times == sorted(times), "events must be emitted in time order"
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
 def test_fast_engine_equals_reference_on_random_configs(config):
     _assert_same(config)
