@@ -96,12 +96,15 @@ class ConsumerCopy:
     def cause(self, gfn: int, kind: int, write_time_ns: int) -> str:
         """Why the write of kind ``kind`` to ``gfn`` did not reach the consumer."""
         naive = self.config.superpage.policy == "naive"
+        after_taking = self.rearms_after_taking and write_time_ns >= self.taken_ns[gfn] >= 0
         if kind == STALE_TLB:
-            # with INVEPT, a stale write can only fall between the D clear and the INVEPT of a
-            # sync, to a page whose leaf was just collected: lost only if the leaf is a
-            # superpage of which the naive policy collected another 4 KiB page
-            return "superpage-naive" if naive and self.config.sync.invept else "stale-tlb"
-        if kind in (DIRTY_4K, DIRTY_SUPER) and self.rearms_after_taking and write_time_ns >= self.taken_ns[gfn] >= 0:
+            if not self.config.sync.invept:
+                return "stale-tlb"
+            # with INVEPT, a stale write can only fall between a D clear and its INVEPT: lost
+            # only if the page was copied before that re-arm, or if the naive policy re-armed
+            # a superpage for another of its 4 KiB pages
+            return "sampled-before-rearm" if after_taking else "superpage-naive" if naive else "stale-tlb"
+        if kind in (DIRTY_4K, DIRTY_SUPER) and after_taking:
             return "sampled-before-rearm"
         if kind == DIRTY_SUPER and naive:
             return "superpage-naive"
