@@ -23,7 +23,8 @@ import numpy as np
 import simpy
 
 from pmlsim.ept import Ept
-from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory
+from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory, first_occurrence
+from pmlsim.pml import PmlArea
 from pmlsim.trace import Trace
 from pmlsim.vcpu import Vcpu, VmExit
 from pmlsim.workloads import WriteStream
@@ -64,6 +65,7 @@ class Guest:
         memory: GuestMemory,
         streams: list[WriteStream],
         trace: Trace,
+        pml_area: PmlArea,
     ):
         self.env = env
         self.ept = ept
@@ -71,11 +73,15 @@ class Guest:
         self.memory = memory
         self.streams = streams
         self.trace = trace
+        self.pml_area = pml_area
         nv = len(vcpus)
         self._t = [np.zeros(0, np.int64) for _ in range(nv)]
         self._g = [np.zeros(0, np.int64) for _ in range(nv)]
         self._pos = [0] * nv
         self._exhausted = [False] * nv
+        self._eff: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(nv)]
+        self._eff_key: list[tuple | None] = [None] * nv
+        self._vid = [np.full(MAX_BATCH + 1, v, dtype=np.int64) for v in range(nv)]
         #: recent fraction of each vCPU's writes that logged (sizes the fast engine's windows)
         self._log_ratio = [1.0] * nv
         self._reads: deque[PageReads] = deque()
@@ -133,15 +139,17 @@ class Guest:
             self._t[v] = np.concatenate([self._t[v][p:], t])
             self._g[v] = np.concatenate([self._g[v][p:], g])
             self._pos[v] = 0
+            self._eff_key[v] = None
         p = self._pos[v]
-        t = self._t[v][p : p + n]
-        g = self._g[v][p : p + n]
         vc = self.vcpus[v]
-        if self.streams[v].guest_time:
-            eff = vc.sim_time(t)
-        else:
-            eff = np.maximum(t, vc.resume_floor_ns)
-        return eff, g
+        # effective times of the whole pending buffer, recomputed only when this vCPU's clock
+        # mapping changed (an exit, a resume, a throttle) or the buffer was refilled
+        key = (vc.base_sim_ns, vc.base_guest_ns, vc.speed_pct, vc.resume_floor_ns)
+        if self._eff_key[v] != key:
+            t = self._t[v]
+            self._eff[v] = vc.sim_time(t) if self.streams[v].guest_time else np.maximum(t, vc.resume_floor_ns)
+            self._eff_key[v] = key
+        return self._eff[v][p : p + n], self._g[v][p : p + n]
 
     def _at(self, t: float) -> simpy.Event:
         """An event at time ``t`` that fires after every other event of that time."""
@@ -242,7 +250,7 @@ class Guest:
                 k = int(np.searchsorted(eff, horizon, side="left"))
                 if k:
                     sel_t.append(eff[:k])
-                    sel_v.append(np.full(k, v, dtype=np.int64))
+                    sel_v.append(self._vid[v][:k])
                     sel_g.append(g[:k])
             if not sel_t:
                 self._do_reads(G=np.zeros(0, np.int64), T=np.zeros(0, np.int64), limit=horizon, inclusive=False)
@@ -282,18 +290,25 @@ class Guest:
         # writes that must set a D bit (and log): clean leaf, not cached dirty in this TLB
         cand = np.flatnonzero(d0[:cut] & ~held[:cut])
         if len(cand):
-            _, first = np.unique(leaf[cand], return_index=True)
-            log_pos = np.sort(cand[first])
+            log_pos = np.sort(cand[first_occurrence(leaf[cand])])
         else:
             log_pos = cand
         # PML-full: the (free+1)-th logging write of a vCPU in this window
+        nv = len(self.vcpus)
         log_v = V[log_pos]
-        for v in np.unique(log_v):
-            pos_v = log_pos[log_v == v]
-            free = self.vcpus[int(v)].pml.free
-            if len(pos_v) > free and pos_v[free] < cut:
-                cut, reason = int(pos_v[free]), VmExit.PML_FULL
-        log_pos = log_pos[log_pos < cut]
+        rank = log_pos  # placeholder when nothing logs
+        if len(log_pos):
+            # rank of each logging write among its vCPU's logging writes in this window
+            order = np.argsort(log_v, kind="stable")
+            sv = log_v[order]
+            rank = np.empty(len(order), np.int64)
+            rank[order] = np.arange(len(order)) - np.searchsorted(sv, sv, "left")
+            free = np.fromiter((vc.pml.free for vc in self.vcpus), np.int64, nv)
+            over = np.flatnonzero(rank >= free[log_v])
+            if len(over) and log_pos[over[0]] < cut:
+                cut, reason = int(log_pos[over[0]]), VmExit.PML_FULL
+            keep = log_pos < cut
+            log_pos, log_v, rank = log_pos[keep], log_v[keep], rank[keep]
         if self._reads:
             # reads up to the cut write's time (they precede it), or up to the horizon
             if cut < n:
@@ -323,25 +338,23 @@ class Guest:
         ept.d_bit[logged_leaves] = True
         np.bitwise_or.at(ept.tlb_dirty, Lc, vbit[:cut])
         self.memory.retire(Gc, Vc, Tc, kind)
-        counts = np.bincount(Vc, minlength=len(self.vcpus))
-        log_v = V[log_pos]
-        trace_rows = []
-        for vc in self.vcpus:
-            c = int(counts[vc.index])
-            if not c:
-                continue
-            self._pos[vc.index] += c
+        counts = np.bincount(Vc, minlength=nv)
+        logged = np.bincount(log_v, minlength=nv)
+        if len(log_pos):
+            # PML entries of every vCPU at once: entry k of a vCPU goes to its index minus k
+            top = np.fromiter((vc.pml.pml_index for vc in self.vcpus), np.int64, nv)
+            idx = top[log_v] - rank
+            self.pml_area.gpa[log_v, idx] = G[log_pos] << 12
+            self.pml_area.log_time_ns[log_v, idx] = T[log_pos]
+        for v in np.flatnonzero(counts).tolist():
+            vc = self.vcpus[v]
+            c, lc = int(counts[v]), int(logged[v])
+            self._pos[v] += c
             vc.writes += c
-            mine = log_pos[log_v == vc.index]
-            self._log_ratio[vc.index] = max(0.5 * self._log_ratio[vc.index] + 0.5 * len(mine) / c, 1e-4)
-            if len(mine):
-                idx = vc.pml.log_many(G[mine] << 12, T[mine])
-                vc.logged += len(mine)
-                if self.trace.enabled:
-                    trace_rows.append(np.stack([mine, idx]))
-        if trace_rows:
-            rows = np.concatenate(trace_rows, axis=1)
-            rows = rows[:, np.argsort(rows[0])]
-            for p, idx in rows.T:
-                self.trace.emit(int(T[p]), "write_logged", int(V[p]), int(G[p]), pml_index=int(idx) & 0xFFFF)
+            vc.logged += lc
+            vc.pml.pml_index -= lc
+            self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * lc / c, 1e-4)
+        if self.trace.enabled:
+            for p, i in zip(log_pos.tolist(), idx.tolist() if len(log_pos) else [], strict=True):
+                self.trace.emit(int(T[p]), "write_logged", int(V[p]), int(G[p]), pml_index=i & 0xFFFF)
         return cut, reason

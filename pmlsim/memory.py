@@ -21,6 +21,29 @@ KIND_NAMES = {
 }
 
 
+def _group_edges(keys: np.ndarray, first: bool) -> np.ndarray:
+    order = np.argsort(keys, kind="stable")
+    s = keys[order]
+    edge = np.empty(len(s), dtype=bool)
+    if first:
+        edge[0] = True
+        np.not_equal(s[1:], s[:-1], out=edge[1:])
+    else:
+        edge[-1] = True
+        np.not_equal(s[1:], s[:-1], out=edge[:-1])
+    return order[edge]
+
+
+def first_occurrence(keys: np.ndarray) -> np.ndarray:
+    """Index of the first occurrence of each distinct key (cheaper than ``np.unique``)."""
+    return _group_edges(keys, first=True) if len(keys) else np.zeros(0, np.int64)
+
+
+def last_occurrence(keys: np.ndarray) -> np.ndarray:
+    """Index of the last occurrence of each distinct key."""
+    return _group_edges(keys, first=False) if len(keys) else np.zeros(0, np.int64)
+
+
 @attrs.define(eq=False)
 class MemorySnapshot:
     """Versions and last writers of every page at one instant (a bitmap read)."""
@@ -41,10 +64,9 @@ class GuestMemory:
 
     def retire(self, gfn: np.ndarray, vcpu: np.ndarray, t_ns: np.ndarray, kind: np.ndarray) -> None:
         """Writes (in time order) retired: bump versions, remember each page's last writer."""
-        rev = gfn[::-1]
-        pages, first_in_rev, counts = np.unique(rev, return_index=True, return_counts=True)
-        last = len(gfn) - 1 - first_in_rev
-        self.version[pages] += counts
+        np.add.at(self.version, gfn, 1)
+        last = last_occurrence(gfn)
+        pages = gfn[last]
         self.last_vcpu[pages] = vcpu[last]
         self.last_time_ns[pages] = t_ns[last]
         self.last_kind[pages] = kind[last]

@@ -14,6 +14,7 @@ from pmlsim.guest import Guest
 from pmlsim.hypervisor import Faults, Hypervisor
 from pmlsim.memory import GuestMemory
 from pmlsim.migration import Migration
+from pmlsim.pml import PmlArea
 from pmlsim.results import Result
 from pmlsim.trace import Trace
 from pmlsim.vcpu import Vcpu
@@ -28,11 +29,12 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
     guest_cfg = config.guest
     n_pages = guest_cfg.pages
     ept = Ept(n_pages, guest_cfg.leaf_ranges())
-    vcpus = [Vcpu(env, i, config.pml.buffer_entries) for i in range(guest_cfg.vcpus)]
+    pml_area = PmlArea(guest_cfg.vcpus, config.pml.buffer_entries)
+    vcpus = [Vcpu(env, i, config.pml.buffer_entries, pml_area) for i in range(guest_cfg.vcpus)]
     bitmap = DirtyBitmap(n_pages)
     memory = GuestMemory(n_pages)
     hv = Hypervisor(env, config, ept, vcpus, bitmap, trace, faults)
-    guest = Guest(env, ept, vcpus, memory, make_streams(config), trace)
+    guest = Guest(env, ept, vcpus, memory, make_streams(config), trace, pml_area)
     collector = Collector(env, config, hv, memory, trace) if config.collector.enabled else None
     migration = Migration(env, config, hv, guest, memory, trace) if config.migration.enabled else None
     duration = config.duration_ns

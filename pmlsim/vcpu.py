@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import simpy
 
-from pmlsim.pml import PmlBuffer
+from pmlsim.pml import PmlArea, PmlBuffer
 
 if TYPE_CHECKING:
     from pmlsim.hypervisor import Hypervisor
@@ -43,10 +43,10 @@ class State(enum.Enum):
 class Vcpu:
     """One vCPU. ``vm_exit`` starts the SimPy process that models one exit and re-entry."""
 
-    def __init__(self, env: simpy.Environment, index: int, buffer_entries: int):
+    def __init__(self, env: simpy.Environment, index: int, buffer_entries: int, pml_area: PmlArea | None = None):
         self.env = env
         self.index = index
-        self.pml = PmlBuffer(buffer_entries)
+        self.pml = PmlBuffer(buffer_entries, pml_area, index if pml_area is not None else 0)
         self.state = State.RUNNING
         self.hv: Hypervisor | None = None
         self.exits: Counter[str] = Counter()
