@@ -57,6 +57,11 @@ class Ept:
         b = int(self.leaf_base[leaf])
         return np.arange(b, b + int(self.leaf_pages[leaf]), dtype=np.int64)
 
+    def leaf_count(self) -> int:
+        """EPT leaf entries mapping guest memory now (what the TLB has to cover)."""
+        alive = ~self.split
+        return int(self.n_pages - self.leaf_pages[self.n_pages :][alive].sum() + alive.sum())
+
     def superpage_leaves(self) -> np.ndarray:
         """Ids of the superpage leaves that still exist (not split)."""
         return self.n_pages + np.flatnonzero(~self.split)

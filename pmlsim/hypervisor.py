@@ -221,7 +221,8 @@ class Hypervisor:
         ``kvm_mmu_clear_dirty_pt_masked``), then INVEPT so that no TLB still says dirty."""
         env, costs = self.env, self.costs
         self.ept.clear_d_bits(gfns)
-        self.trace.emit(env.now, "d_clear", pages=len(gfns))
+        if self.trace.enabled:
+            self.trace.emit(env.now, "d_clear", pages=len(gfns), gfns=[int(g) for g in gfns])
         if len(gfns) and costs.rearm_per_page_ns:
             yield env.timeout(len(gfns) * costs.rearm_per_page_ns)
         if self.sync_config.invept:
@@ -262,7 +263,10 @@ class Hypervisor:
             on_read(env.now)
         collected = self.bitmap.read_and_clear()
         rec.collected = collected
-        self.trace.emit(env.now, "bitmap_read", pages=len(collected), in_flight=rec.in_flight_entries)
+        if self.trace.enabled:
+            self.trace.emit(
+                env.now, "bitmap_read", pages=len(collected), in_flight=rec.in_flight_entries, gfns=collected.tolist()
+            )
         scan = (self.ept.n_pages + 63) // 64 * costs.bitmap_scan_per_64_pages_ns
         if scan:
             yield env.timeout(scan)

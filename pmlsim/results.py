@@ -36,6 +36,10 @@ class Result:
     dirty_pages_reported: int
     superpages_split: int
     superpages_recoalesced: int
+    #: EPT leaf entries mapping the guest: before logging, when it stopped, after re-coalescing
+    ept_leaves_at_start: int
+    ept_leaves_at_stop: int
+    ept_leaves_after_recoalescing: int
     verified: bool
     late_pages: int
     lost: tuple[LostPage, ...]
@@ -68,6 +72,9 @@ class Result:
             "collections": len(self.collections),
             "superpages_split": self.superpages_split,
             "superpages_recoalesced": self.superpages_recoalesced,
+            "ept_leaves_at_start": self.ept_leaves_at_start,
+            "ept_leaves_at_stop": self.ept_leaves_at_stop,
+            "ept_leaves_after_recoalescing": self.ept_leaves_after_recoalescing,
             "verified": self.verified,
             "late_pages": self.late_pages,
             "lost_pages": self.lost_pages,
@@ -127,7 +134,13 @@ class Result:
             f" staleness mean {self.bitmap_staleness_mean_ns / 1e3:.1f} us,"
             f" max {self.bitmap_staleness_max_ns / 1e3:.1f} us)",
             f"  kicks / INVEPTs     {self.kicks:>14,}  / {self.invepts:,}",
-            f"  superpages split    {self.superpages_split:>14,}",
+            f"  superpages split    {self.superpages_split:>14,}  (EPT leaves {self.ept_leaves_at_start:,} at start,"
+            f" {self.ept_leaves_at_stop:,} at stop"
+            + (
+                f", {self.ept_leaves_after_recoalescing:,} after re-coalescing {self.superpages_recoalesced:,})"
+                if self.superpages_recoalesced
+                else ")"
+            ),
         ]
         if self.collections:
             lines.append(

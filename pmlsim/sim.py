@@ -33,6 +33,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
     vcpus = [Vcpu(env, i, config.pml.buffer_entries, pml_area) for i in range(guest_cfg.vcpus)]
     bitmap = DirtyBitmap(n_pages)
     memory = GuestMemory(n_pages)
+    initial_leaves = ept.leaf_count()
     hv = Hypervisor(env, config, ept, vcpus, bitmap, trace, faults)
     guest = Guest(env, ept, vcpus, memory, make_streams(config), trace, pml_area)
     collector = Collector(env, config, hv, memory, trace) if config.collector.enabled else None
@@ -55,7 +56,10 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
             yield env.timeout(duration)
             end_state["stall"] = [v.stall_until(env.now) for v in vcpus]
             end_state["run_ns"] = duration
+        # what re-coalescing gives: the leaf entries left when logging stops, without and with
+        end_state["leaves"] = ept.leaf_count()
         end_state["recoalesced"] = ept.recoalesce() if config.superpage.recoalesce_on_stop else 0
+        end_state["leaves_after"] = ept.leaf_count()
 
     env.process(guest.run_reference() if config.engine == "reference" else guest.run_fast())
     if config.pml.flush_policy == "periodic":
@@ -97,6 +101,9 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
         dirty_pages_reported=reported,
         superpages_split=st.superpages_split,
         superpages_recoalesced=int(end_state["recoalesced"]),
+        ept_leaves_at_start=initial_leaves,
+        ept_leaves_at_stop=int(end_state["leaves"]),
+        ept_leaves_after_recoalescing=int(end_state["leaves_after"]),
         verified=verified,
         late_pages=collector.late_pages if collector else 0,
         lost=tuple(consumer.lost) if consumer else (),

@@ -45,6 +45,10 @@ def test_recoalesce_on_stop_rebuilds_every_split_superpage():
     )
     r = simulate(cfg)
     assert r.superpages_split > 0 and r.superpages_recoalesced == r.superpages_split
+    # 64 MiB in 2 MiB leaves: 32 entries; each split leaf is 512 entries until re-coalesced
+    assert r.ept_leaves_at_start == 32
+    assert r.ept_leaves_at_stop == 32 + 511 * r.superpages_split
+    assert r.ept_leaves_after_recoalescing == 32
 
 
 def test_naive_policy_loses_pages_under_random_writes_and_mark_whole_does_not():
