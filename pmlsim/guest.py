@@ -23,7 +23,7 @@ import numpy as np
 import simpy
 
 from pmlsim.ept import Ept
-from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory, first_occurrence
+from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory, first_occurrence, stable_order
 from pmlsim.pml import PmlArea
 from pmlsim.trace import Trace
 from pmlsim.vcpu import Vcpu, VmExit
@@ -38,6 +38,61 @@ NO_EVENT = np.iinfo(np.int64).max
 #: bits for a window-relative time in a (gfn, time) sort key; windows are shorter than this
 TIME_BITS = 36
 MAX_WINDOW_NS = 1 << (TIME_BITS - 1)
+
+
+@attrs.define(eq=False)
+class _Lane:
+    """One vCPU's writes in a window, with its PML-full exits placed (see Guest._window_lanes)."""
+
+    v: int
+    g: np.ndarray
+    leaf: np.ndarray
+    d0: np.ndarray
+    held: np.ndarray
+    log_pos: np.ndarray
+    #: positions of the writes that take a PML-full exit (each retried when the exit ends)
+    exit_pos: np.ndarray
+    #: write times once the exits before them are counted
+    eff2: np.ndarray
+    #: time out of the guest per PML-full exit
+    c: int
+    first_wp: int
+
+    def retire_count(self, limit: int) -> int:
+        """Writes retired before ``limit``: before it in time, and not behind an exit that would
+        still be running at ``limit`` or a write-protection fault."""
+        n = int(np.searchsorted(self.eff2, limit, side="left"))
+        k = int(np.searchsorted(self.eff2[self.exit_pos], limit, side="left"))  # exits ending before
+        if k < len(self.exit_pos):
+            n = min(n, int(self.exit_pos[k]))
+        return min(n, self.first_wp)
+
+    def cut_before(self, limit: int):
+        """The first exit of this lane that starts before ``limit`` but cannot be inlined:
+        (time, vcpu, reason, gfn), or None."""
+        ends = self.eff2[self.exit_pos]
+        k = int(np.searchsorted(ends, limit, side="left"))
+        if k < len(self.exit_pos):  # the first exit not over by the limit (before any WP fault)
+            p = int(self.exit_pos[k])
+            t_x = int(ends[k]) - self.c
+            return (t_x, self.v, VmExit.PML_FULL, int(self.g[p]), p) if t_x < limit else None
+        if self.first_wp < len(self.g):
+            t_v = int(self.eff2[self.first_wp])
+            if t_v < limit:
+                return (t_v, self.v, VmExit.EPT_VIOLATION, int(self.g[self.first_wp]), self.first_wp)
+        return None
+
+
+class _Deferred(Trace):
+    """Collects the events an inlined exit emits, to be sorted into the window's trace."""
+
+    enabled = True
+
+    def __init__(self, events: list, key: tuple):
+        self.events, self.key = events, key
+
+    def emit(self, time_ns, event, vcpu=-1, gfn=-1, **detail):
+        self.events.append(((*self.key[:4], 1), (time_ns, event, vcpu, gfn), detail))
 
 
 @attrs.define(eq=False)
@@ -66,6 +121,7 @@ class Guest:
         streams: list[WriteStream],
         trace: Trace,
         pml_area: PmlArea,
+        independent: bool = False,
     ):
         self.env = env
         self.ept = ept
@@ -74,6 +130,8 @@ class Guest:
         self.streams = streams
         self.trace = trace
         self.pml_area = pml_area
+        #: no leaf is written by two vCPUs (enables the fast engine's independent lanes)
+        self.independent = independent
         nv = len(vcpus)
         self._t = [np.zeros(0, np.int64) for _ in range(nv)]
         self._g = [np.zeros(0, np.int64) for _ in range(nv)]
@@ -85,6 +143,8 @@ class Guest:
         #: recent fraction of each vCPU's writes that logged (sizes the fast engine's windows)
         self._log_ratio = [1.0] * nv
         self._reads: deque[PageReads] = deque()
+        #: the last window could be split into independent lanes (sizes the next window)
+        self._lanes_hint = False
 
     def read_pages(self, times: np.ndarray, pages: np.ndarray, sink) -> None:
         """Schedule reads of ``pages`` at ``times`` (non-decreasing, not before now).
@@ -240,11 +300,27 @@ class Guest:
                     continue
                 # how many writes this vCPU is likely to retire before its buffer fills; only
                 # a performance guess: the window is cut exactly wherever it must be
-                want = min(MAX_BATCH, int((vc.pml.free + 1) / self._log_ratio[vc.index]) + 64)
+                want = (
+                    MAX_BATCH
+                    if self._lanes_hint
+                    else min(MAX_BATCH, int((vc.pml.free + 1) / self._log_ratio[vc.index]) + 64)
+                )
                 eff, g = self._pending(vc.index, want + 1)
                 if len(eff) > want and eff[want] < horizon:
                     horizon = int(eff[want])
                 parts.append((eff, vc.index, g))
+            self._lanes_hint = bool(parts) and self._lanes_apply(parts)
+            if self._lanes_hint:
+                cut = self._window_lanes(parts, horizon)
+                if cut is not None:
+                    t_cut, v, reason, gfn = cut
+                    if t_cut > env.now:
+                        yield self._at(t_cut)
+                    self.vcpus[v].vm_exit(reason, gfn)
+                    yield self._at(env.now)
+                else:
+                    yield self._at(horizon)
+                continue
             sel_t, sel_v, sel_g = [], [], []
             for eff, v, g in parts:
                 k = int(np.searchsorted(eff, horizon, side="left"))
@@ -261,7 +337,7 @@ class Guest:
                 V = np.concatenate(sel_v)
                 G = np.concatenate(sel_g)
                 # one sort key: time, then vCPU index (times stay far below 2**57 ns)
-                order = np.argsort(T * 64 + V, kind="stable")
+                order = stable_order((T - env.now) * 64 + V)
                 T, V, G = T[order], V[order], G[order]
             else:
                 T, V, G = sel_t[0], sel_v[0], sel_g[0]
@@ -274,6 +350,143 @@ class Guest:
                 yield self._at(env.now)
             else:
                 yield self._at(horizon)
+
+    # ------------------------------------------------------------ fast engine, independent lanes
+    def _lanes_apply(self, parts) -> bool:
+        """Can each vCPU's writes in this window be processed on their own?
+
+        Yes when no leaf is ever written by two vCPUs (``independent``: partitioned regions no
+        superpage straddles, checked once), every vCPU runs at full speed and none has a pause
+        pending: then a vCPU's logging depends only on its own writes, and its PML-full exits
+        only on itself."""
+        if not self.independent:
+            return False
+        return all(self.vcpus[v].speed_pct == 100 and not self.vcpus[v].pause_requested for _, v, _ in parts)
+
+    def _window_lanes(self, parts, horizon: int):
+        """Retire every lane up to a common limit C, inlining PML-full exits that end before C.
+
+        Returns the one exit that must run as a SimPy process at C, or None (C = horizon)."""
+        hv = self.vcpus[0].hv
+        lanes = []
+        for eff, v, g in parts:
+            k = int(np.searchsorted(eff, horizon, side="left"))  # exits only push writes later
+            if k:
+                lanes.append(self._lane(eff[:k], v, g[:k], hv))
+        limit, owner = horizon, None
+        while True:
+            best = None
+            for lane in lanes:
+                cut = lane.cut_before(limit)
+                if cut is not None and (best is None or cut[0] < best[0]):
+                    best = cut
+            if best is None:
+                break
+            limit, owner = best[0], best
+        # the lane that exits at the limit retires every write before that exit (some may be at
+        # the limit itself); the others every write before the limit
+        plans = [
+            (lane, owner[4] if owner is not None and lane.v == owner[1] else lane.retire_count(limit)) for lane in lanes
+        ]
+        if self._reads:
+            G = np.concatenate([lane.g[:n] for lane, n in plans]) if plans else np.zeros(0, np.int64)
+            T = np.concatenate([lane.eff2[:n] for lane, n in plans]) if plans else np.zeros(0, np.int64)
+            self._do_reads(G, T, limit=limit, inclusive=True)
+        events = []
+        for lane, n in plans:
+            self._commit_lane(lane, n, hv, events)
+        if events:
+            events.sort(key=lambda e: e[0])
+            for _, args, detail in events:
+                self.trace.emit(*args, **detail)
+        if owner is None:
+            return None
+        _, v, reason, gfn, _ = owner
+        return limit, v, reason, gfn
+
+    def _lane(self, eff: np.ndarray, v: int, g: np.ndarray, hv) -> _Lane:
+        ept = self.ept
+        vc = self.vcpus[v]
+        n = len(g)
+        leaf = ept.leaf_of_gfn[g]
+        wp = ~ept.w_bit[leaf]
+        first_wp = int(np.argmax(wp)) if wp.any() else n
+        d0 = ~ept.d_bit[leaf]
+        held = (ept.tlb_dirty[leaf] & (np.uint64(1) << np.uint64(v))) != 0
+        cand = np.flatnonzero(d0[:first_wp] & ~held[:first_wp])
+        log_pos = np.sort(cand[first_occurrence(leaf[cand])]) if len(cand) else cand
+        free, size = vc.pml.free, vc.pml.size
+        exit_pos = log_pos[free::size]  # the writes that find the buffer full
+        c = hv.pml_full_exit_ns(size)
+        shifts = c * np.searchsorted(exit_pos, np.arange(n), side="right")
+        eff2 = eff + shifts
+        return _Lane(v, g, leaf, d0, held, log_pos, exit_pos, eff2, c, first_wp)
+
+    def _commit_lane(self, lane: _Lane, n: int, hv, events: list) -> None:
+        """Retire the first ``n`` writes of a lane, with the PML-full exits among them."""
+        ept, vc, v = self.ept, self.vcpus[lane.v], lane.v
+        if n == 0:
+            return
+        g, leaf, eff2 = lane.g[:n], lane.leaf[:n], lane.eff2[:n]
+        log_pos = lane.log_pos[lane.log_pos < n]
+        exits = lane.exit_pos[lane.exit_pos < n]
+        kind = np.where(leaf >= ept.n_pages, DIRTY_SUPER, DIRTY_4K).astype(np.int8)
+        kind[lane.d0[:n] & lane.held[:n]] = STALE_TLB  # only this vCPU writes these leaves
+        kind[log_pos] = LOGGED
+        ept.d_bit[leaf[log_pos]] = True
+        # repeated leaves all store the same value, so the order of the stores does not matter
+        ept.tlb_dirty[leaf] |= np.uint64(1) << np.uint64(v)
+        self.memory.retire(g, np.full(n, v, np.int16), eff2, kind)
+        # PML: the logs fill the free entries, an exit drains the full buffer, and so on
+        pml, size, free = vc.pml, vc.pml.size, vc.pml.free
+        new_gpa, new_t = g[log_pos] << 12, eff2[log_pos]
+        m, k = len(log_pos), len(exits)
+        trace = self.trace.enabled
+        if trace:
+            idx = np.empty(m, np.int64)
+            first = min(m, free)
+            idx[:first] = pml.pml_index - np.arange(first)
+            rest = np.arange(m - first)
+            idx[first:] = size - 1 - rest % size
+            for p, i in zip(log_pos.tolist(), idx.tolist(), strict=True):
+                events.append(
+                    (
+                        (int(eff2[p]), 2, v, p, 1),
+                        (int(eff2[p]), "write_logged", v, int(g[p])),
+                        {"pml_index": i & 0xFFFF},
+                    )
+                )
+        start = 0
+        for j in range(k):
+            p = int(exits[j])
+            t_x = int(eff2[p]) - lane.c
+            if j == 0:
+                old_gpa, old_t = pml.drain()
+                gpa = np.concatenate([old_gpa, new_gpa[:free]])
+                tt = np.concatenate([old_t, new_t[:free]])
+                start = free
+            else:
+                gpa, tt = new_gpa[start : start + size], new_t[start : start + size]
+                start += size
+            vc.exits[VmExit.PML_FULL.value] += 1
+            if trace:
+                events.append(((t_x, 2, v, p, 0), (t_x, "vm_exit", v, int(g[p])), {"reason": VmExit.PML_FULL.value}))
+                hv.trace = _Deferred(events, (t_x, 2, v, p, 0))
+            cost = hv.drain_entries(vc, gpa, tt, t_x)
+            if trace:
+                hv.trace = self.trace
+                events.append(((t_x + lane.c, 0, t_x, v), (t_x + lane.c, "vm_entry", v), {}))
+            assert cost + hv.costs.exit_roundtrip_ns == lane.c
+        if m > start or k == 0:
+            pml.log_many(new_gpa[start:], new_t[start:])
+        if k:
+            vc.stall_ns += k * lane.c
+            vc.base_sim_ns += k * lane.c
+            vc.resume_floor_ns = int(eff2[int(exits[-1])])
+        vc.writes += n
+        vc.logged += m
+        self._pos[v] += n
+        self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * m / n, 1e-4)
 
     def _retire_window(self, T: np.ndarray, V: np.ndarray, G: np.ndarray, horizon: int) -> tuple[int, VmExit | None]:
         """Retire the longest prefix of the window that needs no exit. Returns (cut, reason)."""

@@ -148,6 +148,17 @@ class Hypervisor:
     def drain(self, vcpu: Vcpu) -> int:
         """Move ``vcpu``'s PML entries into the dirty bitmap and reset its index. Returns ns."""
         gpas, times = vcpu.pml.drain()
+        return self.drain_entries(vcpu, gpas, times, self.env.now)
+
+    def pml_full_exit_ns(self, entries: int) -> int:
+        """Time out of the guest for a PML-full exit that drains ``entries`` entries."""
+        per_entry = self.costs.pml_flush_per_entry_ns
+        if self.superpage_policy == "mark-whole":
+            per_entry += self.costs.leaf_lookup_per_entry_ns
+        return self.costs.exit_roundtrip_ns + entries * per_entry
+
+    def drain_entries(self, vcpu: Vcpu, gpas: np.ndarray, times: np.ndarray, now: int) -> int:
+        """Put drained entries (in write order) into the dirty bitmap at time ``now``. Returns ns."""
         n = len(gpas)
         gfns = gpas >> 12
         if self.faults.drop_drained_entry is not None:
@@ -156,7 +167,6 @@ class Hypervisor:
                 gfns = np.delete(gfns, k)
                 self.stats.dropped_entries += 1
         self._drained_so_far += n
-        now = self.env.now
         # Xen reads ascending indexes (newest first); KVM reads in write order (511 down)
         if self.trace.enabled:
             order = gfns[::-1] if self.policy == "xen" else gfns

@@ -21,8 +21,15 @@ KIND_NAMES = {
 }
 
 
+def stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for non-negative keys below 2**63 / len(keys), a
+    few times faster: sort (key, position) pairs packed in one int64."""
+    n = len(keys)
+    return np.sort(keys * n + np.arange(n)) % n
+
+
 def _group_edges(keys: np.ndarray, first: bool) -> np.ndarray:
-    order = np.argsort(keys, kind="stable")
+    order = stable_order(keys)
     s = keys[order]
     edge = np.empty(len(s), dtype=bool)
     if first:

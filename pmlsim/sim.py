@@ -18,7 +18,7 @@ from pmlsim.pml import PmlArea
 from pmlsim.results import Result
 from pmlsim.trace import Trace
 from pmlsim.vcpu import Vcpu
-from pmlsim.workloads import make_streams
+from pmlsim.workloads import independent_lanes, make_streams
 
 
 def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | None = None) -> Result:
@@ -35,7 +35,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
     memory = GuestMemory(n_pages)
     initial_leaves = ept.leaf_count()
     hv = Hypervisor(env, config, ept, vcpus, bitmap, trace, faults)
-    guest = Guest(env, ept, vcpus, memory, make_streams(config), trace, pml_area)
+    guest = Guest(env, ept, vcpus, memory, make_streams(config), trace, pml_area, independent_lanes(config, ept))
     collector = Collector(env, config, hv, memory, trace) if config.collector.enabled else None
     migration = Migration(env, config, hv, guest, memory, trace) if config.migration.enabled else None
     duration = config.duration_ns

@@ -167,3 +167,19 @@ def make_streams(config: SimConfig) -> list[WriteStream]:
         RandomStream(np.random.Generator(np.random.PCG64(s)), w.writes_per_s_per_vcpu, regs[v], w)
         for v, s in enumerate(seeds)
     ]
+
+
+def independent_lanes(config: SimConfig, ept) -> bool:
+    """True when no EPT leaf can ever be written by two vCPUs: generated writes over partitioned
+    regions with no superpage straddling two of them (or a single vCPU)."""
+    w, guest = config.workload, config.guest
+    if w.kind == "script":
+        return False
+    if guest.vcpus == 1:
+        return True
+    if w.sharing != "partitioned":
+        return False
+    starts = np.array([lo for lo, _ in regions(guest, "partitioned")], dtype=np.int64)
+    base = ept.leaf_base[ept.n_pages :]
+    last = base + ept.leaf_pages[ept.n_pages :] - 1
+    return bool(np.all(np.searchsorted(starts, base, "right") == np.searchsorted(starts, last, "right")))

@@ -17,15 +17,21 @@ def _run(config):
     return result, trace.events
 
 
+def _canonical(events):
+    return sorted(events, key=lambda e: (e[0], e[1], e[2], e[3], repr(e[4])))
+
+
 def _assert_same(config):
     fast, fast_events = _run(attrs.evolve(config, engine="fast"))
     ref, ref_events = _run(attrs.evolve(config, engine="reference"))
     # every model event (logged writes with their PML index, exits, flushes with their entries,
-    # bitmap reads, D clears, INVEPTs, splits, kicks, lost pages), in order, with its time
-    assert fast_events == ref_events
+    # bitmap reads, D clears, INVEPTs, splits, kicks, lost pages) with its time; the fast engine
+    # may list the events of one nanosecond in another order (docs/model.md, "Engines")
+    assert _canonical(fast_events) == _canonical(ref_events)
     assert fast == ref
-    times = [e[0] for e in ref_events]
-    assert times == sorted(times), "events must be emitted in time order"
+    for events in (fast_events, ref_events):
+        times = [e[0] for e in events]
+        assert times == sorted(times), "events must be emitted in time order"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
