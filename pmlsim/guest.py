@@ -2,15 +2,27 @@
 
 Ordering rule, shared by both engines: writes retire in order of (time, vCPU index, program
 order); at equal times every hypervisor or consumer action scheduled for that nanosecond goes
-first (writes are SimPy events of the lowest priority).
+first (writes are SimPy events of the lowest priority). A page read by a consumer (migration
+copying a page) at time t sees exactly the writes retired before t.
 
 * ``reference`` engine: one SimPy event per write, each processed alone with scalar code.
 * ``fast`` engine (default): the writes of all running vCPUs up to the next scheduled event
-  (``env.peek()``) are merged in time order and processed as numpy arrays. A window is cut
-  exactly at the first write that changes what follows: a PML-full write or a write to a
-  write-protected leaf (both take a VM exit there). Within a window D bits only go 0 -> 1, so
-  "the first write to a clean leaf logs" is the first occurrence of that leaf in the window;
-  the result equals the reference write for write (tests/test_engines.py checks it).
+  (``env.peek()``) are processed as numpy arrays, in one of two ways:
+
+  - *independent lanes*, when no EPT leaf can be written by two vCPUs (partitioned regions, no
+    superpage straddling two): each vCPU's writes are processed on their own; its PML-full
+    exits are placed in its lane and handled inline (drain, stall) when they end before the
+    window does, since such an exit changes nothing another vCPU or consumer can see before
+    the next event. An exit that would still be running then, or a write to a
+    write-protected leaf, ends the window and runs as a SimPy process.
+  - *merged*, otherwise: all writes are merged in time order and the window is cut exactly at
+    the first write that changes what follows (a PML-full write, a write to a write-protected
+    leaf), which then takes its VM exit as a SimPy process.
+
+  Within a window D bits only go 0 -> 1, so "the first write to a clean leaf logs" is the first
+  occurrence of that leaf. Both ways give the reference's results write for write; only the
+  order in which events of one nanosecond are listed in a trace may differ
+  (tests/test_engines.py checks it).
 """
 
 from __future__ import annotations
