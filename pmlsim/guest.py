@@ -53,61 +53,6 @@ MAX_WINDOW_NS = 1 << (TIME_BITS - 1)
 
 
 @attrs.define(eq=False)
-class _Lane:
-    """One vCPU's writes in a window, with its PML-full exits placed (see Guest._window_lanes)."""
-
-    v: int
-    g: np.ndarray
-    leaf: np.ndarray
-    d0: np.ndarray
-    held: np.ndarray
-    log_pos: np.ndarray
-    #: positions of the writes that take a PML-full exit (each retried when the exit ends)
-    exit_pos: np.ndarray
-    #: write times once the exits before them are counted
-    eff2: np.ndarray
-    #: time out of the guest per PML-full exit
-    c: int
-    first_wp: int
-
-    def retire_count(self, limit: int) -> int:
-        """Writes retired before ``limit``: before it in time, and not behind an exit that would
-        still be running at ``limit`` or a write-protection fault."""
-        n = int(np.searchsorted(self.eff2, limit, side="left"))
-        k = int(np.searchsorted(self.eff2[self.exit_pos], limit, side="left"))  # exits ending before
-        if k < len(self.exit_pos):
-            n = min(n, int(self.exit_pos[k]))
-        return min(n, self.first_wp)
-
-    def cut_before(self, limit: int):
-        """The first exit of this lane that starts before ``limit`` but cannot be inlined:
-        (time, vcpu, reason, gfn), or None."""
-        ends = self.eff2[self.exit_pos]
-        k = int(np.searchsorted(ends, limit, side="left"))
-        if k < len(self.exit_pos):  # the first exit not over by the limit (before any WP fault)
-            p = int(self.exit_pos[k])
-            t_x = int(ends[k]) - self.c
-            return (t_x, self.v, VmExit.PML_FULL, int(self.g[p]), p) if t_x < limit else None
-        if self.first_wp < len(self.g):
-            t_v = int(self.eff2[self.first_wp])
-            if t_v < limit:
-                return (t_v, self.v, VmExit.EPT_VIOLATION, int(self.g[self.first_wp]), self.first_wp)
-        return None
-
-
-class _Deferred(Trace):
-    """Collects the events an inlined exit emits, to be sorted into the window's trace."""
-
-    enabled = True
-
-    def __init__(self, events: list, key: tuple):
-        self.events, self.key = events, key
-
-    def emit(self, time_ns, event, vcpu=-1, gfn=-1, **detail):
-        self.events.append(((*self.key[:4], 1), (time_ns, event, vcpu, gfn), detail))
-
-
-@attrs.define(eq=False)
 class PageReads:
     """Pages to be read (copied) at given times, in time order; ``sink`` gets the versions."""
 
@@ -371,134 +316,205 @@ class Guest:
         superpage straddles, checked once), every vCPU runs at full speed and none has a pause
         pending: then a vCPU's logging depends only on its own writes, and its PML-full exits
         only on itself."""
-        if not self.independent:
+        if not self.independent or self.vcpus[0].hv.faults.drop_drained_entry is not None:
             return False
         return all(self.vcpus[v].speed_pct == 100 and not self.vcpus[v].pause_requested for _, v, _ in parts)
 
     def _window_lanes(self, parts, horizon: int):
         """Retire every lane up to a common limit C, inlining PML-full exits that end before C.
 
-        Returns the one exit that must run as a SimPy process at C, or None (C = horizon)."""
+        All lanes are processed together as one set of arrays (lane by lane, each in its own
+        order). Returns the one exit that must run as a SimPy process at C, or None."""
         hv = self.vcpus[0].hv
-        lanes = []
+        ept = self.ept
+        effs, gs, vs = [], [], []
         for eff, v, g in parts:
             k = int(np.searchsorted(eff, horizon, side="left"))  # exits only push writes later
             if k:
-                lanes.append(self._lane(eff[:k], v, g[:k], hv))
+                effs.append(eff[:k])
+                gs.append(g[:k])
+                vs.append(v)
+        if not vs:
+            if self._reads:
+                self._do_reads(np.zeros(0, np.int64), np.zeros(0, np.int64), limit=horizon, inclusive=True)
+            return None
+        L = len(vs)
+        lens = np.fromiter((len(e) for e in effs), np.int64, L)
+        starts = np.zeros(L + 1, np.int64)
+        np.cumsum(lens, out=starts[1:])
+        n = int(starts[-1])
+        E, G = np.concatenate(effs), np.concatenate(gs)
+        lane = np.repeat(np.arange(L), lens)
+        V = np.asarray(vs, np.int64)[lane]
+        idx = np.arange(n)
+        leaf = ept.leaf_of_gfn[G]
+        # a write to a write-protected leaf (superpage under split-on-write) ends its lane
+        first_wp = starts[1:].copy()
+        wp_at = np.flatnonzero(~ept.w_bit[leaf])
+        if len(wp_at):
+            wl = lane[wp_at]
+            firsts = np.flatnonzero(np.r_[True, wl[1:] != wl[:-1]])
+            first_wp[wl[firsts]] = wp_at[firsts]
+        d0 = ~ept.d_bit[leaf]
+        held = (ept.tlb_dirty[leaf] & (np.uint64(1) << V.astype(np.uint64))) != 0
+        cand = np.flatnonzero(d0 & ~held & (idx < first_wp[lane]))
+        # leaves belong to one lane only, so the first occurrence in the concatenation is the
+        # first in its lane: the write that sets the D bit and logs
+        log_pos = np.sort(cand[first_occurrence(leaf[cand])]) if len(cand) else cand
+        is_log = np.zeros(n, bool)
+        is_log[log_pos] = True
+        csum = np.cumsum(is_log)
+        before = np.r_[0, csum][starts[:-1]]  # logs in earlier lanes
+        rank = csum[log_pos] - 1 - before[lane[log_pos]]
+        size = self.vcpus[0].pml.size
+        free = np.fromiter((self.vcpus[v].pml.free for v in vs), np.int64, L)
+        fl = free[lane[log_pos]]
+        exit_pos = log_pos[(rank >= fl) & ((rank - fl) % size == 0)]  # the writes finding it full
+        c = hv.pml_full_exit_ns(size)
+        is_exit = np.zeros(n, np.int64)
+        is_exit[exit_pos] = 1
+        ecum = np.cumsum(is_exit)
+        eff2 = E + c * (ecum - np.r_[0, ecum][starts[:-1]][lane])
+        # per lane: the exits (their positions, end times) and the limit they allow
+        ex_lane = lane[exit_pos]
+        ex_bounds = np.searchsorted(ex_lane, np.arange(L + 1))
+        n_ex = np.diff(ex_bounds)
+        ends_all = eff2[exit_pos]
+        lane_end = starts[1:]
+        has_wp = first_wp < lane_end
+        t_wp = np.where(has_wp, eff2[np.minimum(first_wp, n - 1)], NO_EVENT)
+
+        def per_lane_count(values: np.ndarray, bounds: np.ndarray, limit: int) -> np.ndarray:
+            """How many of each lane's (sorted) values are below ``limit``."""
+            below = np.r_[0, np.cumsum(values < limit)]
+            return below[bounds[1:]] - below[bounds[:-1]]
+
         limit, owner = horizon, None
         while True:
-            best = None
-            for lane in lanes:
-                cut = lane.cut_before(limit)
-                if cut is not None and (best is None or cut[0] < best[0]):
-                    best = cut
-            if best is None:
+            # each lane's first exit still running at the limit, or else its first WP fault
+            k = per_lane_count(ends_all, ex_bounds, limit)
+            has_ex = k < n_ex
+            j = np.minimum(ex_bounds[:-1] + k, max(len(exit_pos) - 1, 0))
+            t_ex = np.where(has_ex, ends_all[j] - c if len(exit_pos) else NO_EVENT, NO_EVENT)
+            t_cut = np.where(has_ex, t_ex, t_wp)
+            i = int(np.argmin(t_cut))  # ties: the lower vCPU index
+            if t_cut[i] >= limit:
                 break
-            limit, owner = best[0], best
-        # the lane that exits at the limit retires every write before that exit (some may be at
-        # the limit itself); the others every write before the limit
-        plans = [
-            (lane, owner[4] if owner is not None and lane.v == owner[1] else lane.retire_count(limit)) for lane in lanes
-        ]
+            if has_ex[i]:
+                p = int(exit_pos[j[i]])
+                owner = (int(t_cut[i]), vs[i], VmExit.PML_FULL, int(G[p]), p)
+            else:
+                p = int(first_wp[i])
+                owner = (int(t_cut[i]), vs[i], VmExit.EPT_VIOLATION, int(G[p]), p)
+            limit = owner[0]
+        # how far each lane retires: the owner up to its exit (some writes may be at the limit
+        # itself), the others every write before the limit, never past a running exit or a fault
+        stop = starts[:-1] + per_lane_count(eff2, starts, limit)
+        k = per_lane_count(ends_all, ex_bounds, limit)
+        blocked = k < n_ex
+        if blocked.any():
+            stop = np.where(
+                blocked, np.minimum(stop, exit_pos[np.minimum(ex_bounds[:-1] + k, len(exit_pos) - 1)]), stop
+            )
+        stop = np.minimum(stop, first_wp)
+        if owner is not None:
+            stop[vs.index(owner[1])] = owner[4]
+        keep = idx < stop[lane]
         if self._reads:
-            G = np.concatenate([lane.g[:n] for lane, n in plans]) if plans else np.zeros(0, np.int64)
-            T = np.concatenate([lane.eff2[:n] for lane, n in plans]) if plans else np.zeros(0, np.int64)
-            self._do_reads(G, T, limit=limit, inclusive=True)
-        events = []
-        for lane, n in plans:
-            self._commit_lane(lane, n, hv, events)
-        if events:
-            events.sort(key=lambda e: e[0])
-            for _, args, detail in events:
-                self.trace.emit(*args, **detail)
+            self._do_reads(G[keep], eff2[keep], limit=limit, inclusive=True)
+        self._commit_lanes(vs, starts, stop, lane, V, G, leaf, d0, held, eff2, log_pos, rank, exit_pos, keep, c)
         if owner is None:
             return None
         _, v, reason, gfn, _ = owner
         return limit, v, reason, gfn
 
-    def _lane(self, eff: np.ndarray, v: int, g: np.ndarray, hv) -> _Lane:
-        ept = self.ept
-        vc = self.vcpus[v]
-        n = len(g)
-        leaf = ept.leaf_of_gfn[g]
-        wp = ~ept.w_bit[leaf]
-        first_wp = int(np.argmax(wp)) if wp.any() else n
-        d0 = ~ept.d_bit[leaf]
-        held = (ept.tlb_dirty[leaf] & (np.uint64(1) << np.uint64(v))) != 0
-        cand = np.flatnonzero(d0[:first_wp] & ~held[:first_wp])
-        log_pos = np.sort(cand[first_occurrence(leaf[cand])]) if len(cand) else cand
-        free, size = vc.pml.free, vc.pml.size
-        exit_pos = log_pos[free::size]  # the writes that find the buffer full
-        c = hv.pml_full_exit_ns(size)
-        shifts = c * np.searchsorted(exit_pos, np.arange(n), side="right")
-        eff2 = eff + shifts
-        return _Lane(v, g, leaf, d0, held, log_pos, exit_pos, eff2, c, first_wp)
-
-    def _commit_lane(self, lane: _Lane, n: int, hv, events: list) -> None:
-        """Retire the first ``n`` writes of a lane, with the PML-full exits among them."""
-        ept, vc, v = self.ept, self.vcpus[lane.v], lane.v
-        if n == 0:
-            return
-        g, leaf, eff2 = lane.g[:n], lane.leaf[:n], lane.eff2[:n]
-        log_pos = lane.log_pos[lane.log_pos < n]
-        exits = lane.exit_pos[lane.exit_pos < n]
-        kind = np.where(leaf >= ept.n_pages, DIRTY_SUPER, DIRTY_4K).astype(np.int8)
-        kind[lane.d0[:n] & lane.held[:n]] = STALE_TLB  # only this vCPU writes these leaves
-        kind[log_pos] = LOGGED
+    def _commit_lanes(self, vs, starts, stop, lane, V, G, leaf, d0, held, eff2, log_pos, rank, exit_pos, keep, c):
+        """Retire the kept writes of every lane, with the PML-full exits among them."""
+        ept, hv, L = self.ept, self.vcpus[0].hv, len(vs)
+        Rg, Rv, Rt, Rl = G[keep], V[keep], eff2[keep], leaf[keep]
+        kind = np.where(Rl >= ept.n_pages, DIRTY_SUPER, DIRTY_4K).astype(np.int8)
+        kind[(d0 & held)[keep]] = STALE_TLB  # only this vCPU writes these leaves
+        lkeep = keep[log_pos]
+        log_pos, rank = log_pos[lkeep], rank[lkeep]
+        is_log = np.zeros(len(G), bool)
+        is_log[log_pos] = True
+        kind[is_log[keep]] = LOGGED
         ept.d_bit[leaf[log_pos]] = True
-        # repeated leaves all store the same value, so the order of the stores does not matter
-        ept.tlb_dirty[leaf] |= np.uint64(1) << np.uint64(v)
-        self.memory.retire(g, np.full(n, v, np.int16), eff2, kind)
-        # PML: the logs fill the free entries, an exit drains the full buffer, and so on
-        pml, size, free = vc.pml, vc.pml.size, vc.pml.free
-        new_gpa, new_t = g[log_pos] << 12, eff2[log_pos]
-        m, k = len(log_pos), len(exits)
+        # repeated leaves all belong to one vCPU: the stores write equal values
+        ept.tlb_dirty[Rl] |= np.uint64(1) << Rv.astype(np.uint64)
+        self.memory.retire(Rg, Rv, Rt, kind)
+        exit_pos = exit_pos[keep[exit_pos]]
+        size = self.vcpus[0].pml.size
+        l_lane = lane[log_pos]
+        free = np.fromiter((self.vcpus[v].pml.free for v in vs), np.int64, L)
+        n_exits = np.bincount(lane[exit_pos], minlength=L)
+        # a log belongs to buffer generation 0 (the current buffer) or to the one after exit j
+        gen = np.where(rank < free[l_lane], 0, 1 + (rank - free[l_lane]) // size)
+        drained = gen < n_exits[l_lane]
+        ex_bounds = np.searchsorted(lane[exit_pos], np.arange(L + 1))
+        t_exit = eff2[exit_pos] - c  # when each exit starts
+        gfn_log, t_log = G[log_pos], eff2[log_pos]
         trace = self.trace.enabled
-        if trace:
-            idx = np.empty(m, np.int64)
-            first = min(m, free)
-            idx[:first] = pml.pml_index - np.arange(first)
-            rest = np.arange(m - first)
-            idx[first:] = size - 1 - rest % size
-            for p, i in zip(log_pos.tolist(), idx.tolist(), strict=True):
-                events.append(
-                    (
-                        (int(eff2[p]), 2, v, p, 1),
-                        (int(eff2[p]), "write_logged", v, int(g[p])),
-                        {"pml_index": i & 0xFFFF},
+        events = [] if trace else None
+        if len(exit_pos):
+            # the drain at exit j takes generation j-1 (with the old entries for j = 1)
+            when = t_exit[ex_bounds[l_lane[drained]] + gen[drained]]
+            gfns, ages = [gfn_log[drained]], [when - t_log[drained]]
+            for i in np.flatnonzero(n_exits).tolist():
+                old_gpa, old_t = self.vcpus[vs[i]].pml.drain()
+                gfns.append(old_gpa >> 12)
+                ages.append(t_exit[ex_bounds[i]] - old_t)
+                if trace:
+                    self._trace_lane_exits(
+                        events, vs[i], i, old_gpa >> 12, gfn_log, l_lane, gen, exit_pos, ex_bounds, t_exit, G, c
                     )
-                )
-        start = 0
-        for j in range(k):
-            p = int(exits[j])
-            t_x = int(eff2[p]) - lane.c
-            if j == 0:
-                old_gpa, old_t = pml.drain()
-                gpa = np.concatenate([old_gpa, new_gpa[:free]])
-                tt = np.concatenate([old_t, new_t[:free]])
-                start = free
+            hv.absorb_drains(np.concatenate(gfns), np.concatenate(ages), len(exit_pos))
+        # what stays logged goes into each buffer at its index
+        left = ~drained
+        top = np.fromiter((self.vcpus[v].pml.pml_index for v in vs), np.int64, L)
+        lidx = np.where(n_exits[l_lane] == 0, top[l_lane] - rank, size - 1 - (rank - free[l_lane]) % size)
+        rows = np.asarray(vs, np.int64)[l_lane]
+        self.pml_area.gpa[rows[left], lidx[left]] = gfn_log[left] << 12
+        self.pml_area.log_time_ns[rows[left], lidx[left]] = t_log[left]
+        n_ret = stop - starts[:-1]
+        n_logged = np.bincount(l_lane, minlength=L)
+        n_left = np.bincount(l_lane[left], minlength=L)
+        for i, v in enumerate(vs):
+            vc, k, nr = self.vcpus[v], int(n_exits[i]), int(n_ret[i])
+            if k:
+                vc.pml.pml_index = size - 1 - int(n_left[i])
+                vc.exits[VmExit.PML_FULL.value] += k
+                vc.stall_ns += k * c
+                vc.base_sim_ns += k * c
+                vc.resume_floor_ns = int(t_exit[ex_bounds[i + 1] - 1]) + c
             else:
-                gpa, tt = new_gpa[start : start + size], new_t[start : start + size]
-                start += size
-            vc.exits[VmExit.PML_FULL.value] += 1
-            if trace:
-                events.append(((t_x, 2, v, p, 0), (t_x, "vm_exit", v, int(g[p])), {"reason": VmExit.PML_FULL.value}))
-                hv.trace = _Deferred(events, (t_x, 2, v, p, 0))
-            cost = hv.drain_entries(vc, gpa, tt, t_x)
-            if trace:
-                hv.trace = self.trace
-                events.append(((t_x + lane.c, 0, t_x, v), (t_x + lane.c, "vm_entry", v), {}))
-            assert cost + hv.costs.exit_roundtrip_ns == lane.c
-        if m > start or k == 0:
-            pml.log_many(new_gpa[start:], new_t[start:])
-        if k:
-            vc.stall_ns += k * lane.c
-            vc.base_sim_ns += k * lane.c
-            vc.resume_floor_ns = int(eff2[int(exits[-1])])
-        vc.writes += n
-        vc.logged += m
-        self._pos[v] += n
-        self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * m / n, 1e-4)
+                vc.pml.pml_index -= int(n_left[i])
+            vc.writes += nr
+            vc.logged += int(n_logged[i])
+            self._pos[v] += nr
+            if nr:
+                self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * int(n_logged[i]) / nr, 1e-4)
+        if trace:
+            for p, i, g, li in zip(log_pos.tolist(), l_lane.tolist(), gfn_log.tolist(), lidx.tolist(), strict=True):
+                t = int(eff2[p])
+                events.append(((t, 2, vs[i], p, 1), (t, "write_logged", vs[i], g), {"pml_index": li & 0xFFFF}))
+            events.sort(key=lambda e: e[0])
+            for _, args, detail in events:
+                self.trace.emit(*args, **detail)
+
+    def _trace_lane_exits(self, events, v, i, old_gfns, gfn_log, l_lane, gen, exit_pos, ex_bounds, t_exit, G, c):
+        """Trace one lane's inlined exits: vm_exit, the flush with its entries, vm_entry."""
+        mine = l_lane == i
+        for j in range(ex_bounds[i], ex_bounds[i + 1]):
+            g = j - ex_bounds[i]
+            entries = gfn_log[mine & (gen == g)]
+            if g == 0:
+                entries = np.concatenate([old_gfns, entries])
+            order = entries[::-1] if self.vcpus[v].hv.policy == "xen" else entries
+            t_x, p = int(t_exit[j]), int(exit_pos[j])
+            events.append(((t_x, 2, v, p, 0), (t_x, "vm_exit", v, int(G[p])), {"reason": VmExit.PML_FULL.value}))
+            events.append(((t_x, 2, v, p, 0), (t_x, "flush", v), {"entries": order.tolist()}))
+            events.append(((t_x + c, 0, t_x, v), (t_x + c, "vm_entry", v), {}))
 
     def _retire_window(self, T: np.ndarray, V: np.ndarray, G: np.ndarray, horizon: int) -> tuple[int, VmExit | None]:
         """Retire the longest prefix of the window that needs no exit. Returns (cut, reason)."""

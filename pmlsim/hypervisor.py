@@ -171,21 +171,26 @@ class Hypervisor:
         if self.trace.enabled:
             order = gfns[::-1] if self.policy == "xen" else gfns
             self.trace.emit(now, "flush", vcpu.index, entries=[int(g) for g in order])
+        self.absorb_drains(gfns, now - times, 1 if n else 0)
         cost = n * self.costs.pml_flush_per_entry_ns
-        if n:
-            self.stats.flushes += 1
-            self.stats.flushed_entries += n
-            age = now - times
-            self.stats.staleness_sum_ns += int(age.sum())
-            self.stats.staleness_max_ns = max(self.stats.staleness_max_ns, int(age.max()))
-        if self.superpage_policy == "mark-whole" and n:
+        if self.superpage_policy == "mark-whole":
+            cost += n * self.costs.leaf_lookup_per_entry_ns
+        return cost
+
+    def absorb_drains(self, gfns: np.ndarray, ages_ns: np.ndarray, flushes: int) -> None:
+        """Drained GFNs reach the bitmap (the whole leaf with ``mark-whole``); count them."""
+        if not len(gfns):
+            return
+        self.stats.flushes += flushes
+        self.stats.flushed_entries += len(gfns)
+        self.stats.staleness_sum_ns += int(ages_ns.sum())
+        self.stats.staleness_max_ns = max(self.stats.staleness_max_ns, int(ages_ns.max()))
+        if self.superpage_policy == "mark-whole":
             # look up the leaf of each logged GFN and mark all of its 4 KiB pages
             leaves = np.unique(self.ept.leaf_of_gfn[gfns])
             for leaf in leaves[self.ept.is_superpage(leaves)]:
                 self.bitmap.mark(self.ept.leaf_gfns(int(leaf)))
-            cost += n * self.costs.leaf_lookup_per_entry_ns
         self.bitmap.mark(gfns)
-        return cost
 
     # ------------------------------------------------------------ kicks and pauses
     def kick(self, vcpu: Vcpu, reason: VmExit = VmExit.KICK) -> None:
