@@ -50,6 +50,13 @@ def test_run_prints_a_readable_summary_with_the_migration_rounds():
     assert "stop-and-copy" in p.stdout and "stop reason downtime-limit" in p.stdout
 
 
+def test_the_readme_default_scenario_migrates_and_verifies():
+    p = _cli("run")
+    assert p.returncode == 0, p.stderr
+    assert "1024 MiB guest, 4 vCPUs" in p.stdout and "stop reason downtime-limit" in p.stdout
+    assert "verification        OK" in p.stdout
+
+
 def test_run_with_the_collector_prints_collections():
     p = _cli("run", *SMALL, *COLLECT, "--set", "duration_ms=2")
     assert p.returncode == 0, p.stderr

@@ -5,7 +5,7 @@ from conftest import COLLECTOR
 from hypothesis import HealthCheck, given, settings
 from strategies import configs
 
-from pmlsim import GuestConfig, ListTrace, SimConfig, WorkloadConfig, simulate
+from pmlsim import GuestConfig, ListTrace, MigrationConfig, PmlConfig, SimConfig, WorkloadConfig, simulate
 
 
 def _run(config):
@@ -47,5 +47,30 @@ def test_fast_engine_equals_reference_on_16_vcpus_sharing_memory():
         guest=GuestConfig(memory_mib=16, vcpus=16, layout="mixed", fraction_2m=0.5),
         workload=WorkloadConfig(kind="hotcold", sharing="shared", writes_per_s_per_vcpu=5e6),
         **COLLECTOR,
+    )
+    _assert_same(config)
+
+
+def test_fast_engine_equals_reference_with_many_inlined_exits_on_partitioned_vcpus():
+    # 8-entry buffers and 4 vCPUs on their own slices: the fast engine handles most PML-full
+    # exits inside its windows (independent lanes) instead of as SimPy processes
+    config = SimConfig(
+        seed=11,
+        duration_ms=0.2,
+        guest=GuestConfig(memory_mib=64, vcpus=4),
+        pml=PmlConfig(buffer_entries=8),
+        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=2e7),
+        **COLLECTOR,
+    )
+    _assert_same(config)
+
+
+def test_fast_engine_equals_reference_during_a_migration_with_superpages():
+    config = SimConfig(
+        seed=5,
+        duration_ms=3,
+        guest=GuestConfig(memory_mib=16, vcpus=2, layout="2m"),
+        workload=WorkloadConfig(kind="hotcold", writes_per_s_per_vcpu=2e6),
+        migration=MigrationConfig(bandwidth_mbit_s=65536, downtime_limit_ms=0.1, iteration_ms=0.2),
     )
     _assert_same(config)
