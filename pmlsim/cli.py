@@ -25,12 +25,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     run.add_argument("--trace", metavar="FILE", help="write every model event to FILE (.csv or .jsonl)")
+    sw = sub.add_parser("sweep", help="run a parameter sweep; resumable, one row per point and replication")
+    sw.add_argument("spec", help="sweep spec (TOML): base, factors, replications, seed")
+    sw.add_argument("--out", required=True, help="results file: .csv (default) or .parquet")
+    sw.add_argument("--jobs", type=int, default=1, help="points run at once (default 1)")
+    sw.add_argument("--executor", choices=("local", "dask"), default="local", help="process pool or Dask cluster")
+    sw.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: a LocalCluster)")
     return p
+
+
+def _sweep(args) -> int:
+    from pmlsim.sweep import Progress, load_spec, make_executor, run_sweep
+
+    if args.jobs < 1:
+        raise ConfigError("--jobs", args.jobs, "must be >= 1")
+    spec = load_spec(args.spec)
+    from pmlsim.sweep import ResultsFile
+
+    already = len(ResultsFile(args.out, spec).done())  # also refuses a file from another spec
+    total = len(spec.points())
+    executor, close = make_executor(args.executor, args.jobs, args.scheduler)
+    progress = Progress(total, already)
+    try:
+        rows = run_sweep(spec, args.out, executor, progress.update)
+    except KeyboardInterrupt:
+        close()
+        print(
+            f"pmlsim: interrupted; {progress.done} of {total} rows are in {args.out}: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    close()
+    failed = sum(1 for r in rows if r["error"])
+    print(f"pmlsim: sweep done: {len(rows)} rows in {args.out} ({failed} failed, {total - already} run now)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "sweep":
+            return _sweep(args)
         config = load_config(args.config, args.overrides)
         trace = None
         if args.trace:
