@@ -31,7 +31,60 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--jobs", type=int, default=1, help="points run at once (default 1)")
     sw.add_argument("--executor", choices=("local", "dask"), default="local", help="process pool or Dask cluster")
     sw.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: a LocalCluster)")
+    pl = sub.add_parser("plot", help="plot a metric of sweep results against a factor")
+    pl.add_argument("results", help="results file of a sweep (.csv or .parquet)")
+    pl.add_argument("--x", required=True, help="column for the x axis (a factor)")
+    pl.add_argument("--y", required=True, help="column for the y axis (a metric)")
+    pl.add_argument("--hue", help="column: one line per value")
+    pl.add_argument("--facet", help="column: one panel per value")
+    pl.add_argument("-o", "--out", required=True, help="image file (.png, .pdf, .svg)")
+    tu = sub.add_parser("tune", help="minimise a metric subject to a constraint over a sweep's factors")
+    tu.add_argument("spec", help="sweep spec (TOML) whose factors give the first grid")
+    tu.add_argument("--minimize", required=True, help="metric to minimise, e.g. guest_overhead")
+    tu.add_argument("--subject-to", help='constraint, e.g. "migration.downtime_ns <= 300e6"')
+    tu.add_argument("--rounds", type=int, default=2, help="refinement rounds after the grid (default 2)")
+    tu.add_argument("--out", default="tune-results", help="folder for each round's results (resumable)")
+    tu.add_argument("--jobs", type=int, default=1, help="points run at once (default 1)")
     return p
+
+
+def _tune(args) -> int:
+    from pmlsim.sweep import Progress, load_spec, make_executor
+    from pmlsim.tune import parse_constraint, tune
+
+    spec = load_spec(args.spec)
+    constraint = parse_constraint(args.subject_to) if args.subject_to else None
+    if args.rounds < 0:
+        raise ConfigError("--rounds", args.rounds, "must be >= 0")
+    executor, close = make_executor("local", args.jobs, None)
+    progress = Progress(len(spec.points()), 0)
+    try:
+        best, front, cands = tune(spec, args.minimize, constraint, args.out, args.rounds, executor, progress.update)
+    finally:
+        close()
+
+    def fmt(c) -> str:
+        settings = ", ".join(f"{p}={v}" for p, v in c.settings)
+        con = f", {constraint.metric} = {c.constrained:.6g}" if constraint and c.constrained is not None else ""
+        return f"{settings}: {args.minimize} = {c.objective:.6g}{con} ({c.runs} runs)"
+
+    print(f"pmlsim: {len(cands)} points evaluated; results in {args.out}/")
+    if best is None:
+        print(f"no point satisfies {constraint}")
+    else:
+        print(f"best: {fmt(best)}")
+    print("frontier:" if constraint else "frontier (no constraint: the best point):")
+    for c in front:
+        print(f"  {fmt(c)}{'' if c.feasible else '  [infeasible]'}")
+    return 0 if best is not None else 1
+
+
+def _plot(args) -> int:
+    from pmlsim.plot import plot
+
+    out = plot(args.results, args.x, args.y, args.out, hue=args.hue, facet=args.facet)
+    print(f"pmlsim: wrote {out}")
+    return 0
 
 
 def _sweep(args) -> int:
@@ -66,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "plot":
+            return _plot(args)
+        if args.command == "tune":
+            return _tune(args)
         config = load_config(args.config, args.overrides)
         trace = None
         if args.trace:
