@@ -5,7 +5,10 @@ round trip is 1200 ns; a Xen sync pauses every vCPU (IPI + pause exit) and drain
 reads the bitmap; a KVM sync kicks and reads at once.
 """
 
+import pytest
 from conftest import MIB2, logged, run, scripted
+
+from pmlsim.testing import assert_lost, assert_no_lost_pages
 
 
 def test_kvm_sync_misses_an_entry_still_in_a_running_vcpus_buffer_and_gets_it_one_round_late(engine):
@@ -67,15 +70,25 @@ def test_naive_superpage_policy_loses_the_second_4k_write_of_a_dirty_2m_leaf(eng
     writes = [(100, 0, MIB2 + 0x3000), (200, 0, MIB2 + 0x5000)]
     r, tr = run(scripted(writes, layout="2m", superpage="naive", engine=engine))
     assert len(logged(tr)) == 1
-    assert [(lp.gfn, lp.vcpu, lp.write_time_ns, lp.cause) for lp in r.lost] == [
-        ((MIB2 + 0x5000) >> 12, 0, 200, "superpage-naive")
-    ]
+    assert_lost(r, gfn=(MIB2 + 0x5000) >> 12, cause="superpage-naive", write_time_ns=200)
+    assert r.lost_pages == 1
 
 
 def test_mark_whole_superpage_policy_reports_every_page_of_the_leaf(engine):
     writes = [(100, 0, MIB2 + 0x3000), (200, 0, MIB2 + 0x5000)]
     r, _ = run(scripted(writes, layout="2m", superpage="mark-whole", engine=engine))
-    assert r.lost_pages == 0 and r.dirty_pages_reported == 512
+    assert_no_lost_pages(r)
+    assert r.dirty_pages_reported == 512
+
+
+def test_race_helpers_fail_with_a_message_that_names_the_page_and_cause():
+    lossy, _ = run(scripted([(100, 0, MIB2 + 0x3000), (200, 0, MIB2 + 0x5000)], layout="2m", superpage="naive"))
+    with pytest.raises(AssertionError, match="superpage-naive"):
+        assert_no_lost_pages(lossy)
+    with pytest.raises(AssertionError, match="not lost"):
+        assert_lost(lossy, gfn=0x203, cause="superpage-naive")
+    with pytest.raises(AssertionError, match="not stale-tlb"):
+        assert_lost(lossy, gfn=0x205, cause="stale-tlb")
 
 
 def test_split_on_write_takes_one_ept_violation_splits_the_leaf_and_logs_later_4k_writes(engine):
