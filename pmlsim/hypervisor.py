@@ -62,6 +62,9 @@ class HypervisorStats:
     kicks: int = 0
     invepts: int = 0
     syncs: int = 0
+    #: time from a sync's start to the end of its INVEPT, summed and at most
+    sync_time_sum_ns: int = 0
+    sync_time_max_ns: int = 0
     dropped_entries: int = 0
 
 
@@ -288,4 +291,6 @@ class Hypervisor:
         if rearm:
             yield from self.rearm(collected)
         rec.end_ns = env.now
+        self.stats.sync_time_sum_ns += rec.end_ns - rec.start_ns
+        self.stats.sync_time_max_ns = max(self.stats.sync_time_max_ns, rec.end_ns - rec.start_ns)
         return rec

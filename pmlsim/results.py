@@ -33,6 +33,9 @@ class Result:
     bitmap_staleness_max_ns: int
     kicks: int
     invepts: int
+    syncs: int
+    sync_latency_mean_ns: float
+    sync_latency_max_ns: int
     dirty_pages_reported: int
     superpages_split: int
     superpages_recoalesced: int
@@ -68,6 +71,9 @@ class Result:
             "bitmap_staleness_max_ns": self.bitmap_staleness_max_ns,
             "kicks": self.kicks,
             "invepts": self.invepts,
+            "syncs": self.syncs,
+            "sync_latency_mean_ns": self.sync_latency_mean_ns,
+            "sync_latency_max_ns": self.sync_latency_max_ns,
             "dirty_pages_reported": self.dirty_pages_reported,
             "collections": len(self.collections),
             "superpages_split": self.superpages_split,
