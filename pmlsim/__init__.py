@@ -11,6 +11,7 @@ from pmlsim.config import (
     SimConfig,
     SuperpageConfig,
     SyncConfig,
+    TrackingConfig,
     WorkloadConfig,
     load_config,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "SuperpageConfig",
     "SyncConfig",
     "Trace",
+    "TrackingConfig",
     "VmExit",
     "WorkloadConfig",
     "load_config",

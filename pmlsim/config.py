@@ -26,6 +26,7 @@ SHARINGS = ("partitioned", "shared")
 ENGINES = ("fast", "reference")
 STOP_RULES = ("qemu", "xen")
 REARM_MODES = ("before-send", "after-send")
+MECHANISMS = ("pml", "write-protect")
 MAX_VCPUS = 64  # the TLB model keeps one bit per vCPU in a 64-bit mask
 MAX_PML_ENTRIES = 65536
 
@@ -194,6 +195,16 @@ class SuperpageConfig:
 
 
 @attrs.frozen
+class TrackingConfig:
+    """How writes are tracked: PML, or write protection (the pre-PML baseline)."""
+
+    #: ``pml``: the CPU logs the first write to a clean leaf; ``write-protect``: no PML, every
+    #: leaf is write-protected while logging and the first write to it takes an EPT violation
+    #: that marks it dirty and makes it writable (KVM without PML)
+    mechanism: str = _field("pml", _choice(MECHANISMS), "tracking.mechanism")
+
+
+@attrs.frozen
 class SyncConfig:
     """The dirty-log sync protocol. The defaults are safe; the others exist to show races."""
 
@@ -305,6 +316,7 @@ class SimConfig:
     engine: str = _field("fast", _choice(ENGINES), "engine")
     guest: GuestConfig = attrs.field(factory=GuestConfig)
     pml: PmlConfig = attrs.field(factory=PmlConfig)
+    tracking: TrackingConfig = attrs.field(factory=TrackingConfig)
     superpage: SuperpageConfig = attrs.field(factory=SuperpageConfig)
     sync: SyncConfig = attrs.field(factory=SyncConfig)
     workload: WorkloadConfig = attrs.field(factory=WorkloadConfig)
@@ -349,6 +361,7 @@ class SimConfig:
 SECTIONS = {
     "guest": GuestConfig,
     "pml": PmlConfig,
+    "tracking": TrackingConfig,
     "superpage": SuperpageConfig,
     "sync": SyncConfig,
     "workload": WorkloadConfig,

@@ -67,23 +67,28 @@ class Ept:
         return self.n_pages + np.flatnonzero(~self.split)
 
     # ------------------------------------------------------------ hypervisor actions
-    def start_logging(self, write_protect_superpages: bool) -> None:
-        """Dirty logging starts: every D bit cleared; superpages write-protected if asked."""
+    def start_logging(self, write_protect_superpages: bool, write_protect_all: bool = False) -> None:
+        """Dirty logging starts: every D bit cleared; superpages (or every leaf) write-protected."""
         self.d_bit[:] = False
-        if write_protect_superpages:
+        if write_protect_all:
+            self.w_bit[: self.n_pages] = False
+            self.w_bit[self.superpage_leaves()] = False
+        elif write_protect_superpages:
             self.w_bit[self.superpage_leaves()] = False
 
-    def split_superpage(self, leaf: int) -> int:
-        """Replace superpage ``leaf`` by 4 KiB leaves (W=1, D=0, not in any TLB).
+    def split_superpage(self, leaf: int, children_writable: bool = True) -> int:
+        """Replace superpage ``leaf`` by 4 KiB leaves (D=0, not in any TLB).
 
         Xen's ``ept_split_super_page`` splits all the way to 4 KiB in one go; the children
-        inherit the log-dirty type, so they are writable with D=0. Returns the entries written.
+        inherit the log-dirty type: writable with D=0 under PML, write-protected without it
+        (KVM: children of a write-protected huge SPTE stay write-protected). Returns the
+        entries written.
         """
         k = leaf - self.n_pages
         assert k >= 0 and not self.split[k]
         gfns = self.leaf_gfns(leaf)
         self.leaf_of_gfn[gfns] = gfns
-        self.w_bit[gfns] = True
+        self.w_bit[gfns] = children_writable
         self.d_bit[gfns] = False
         self.tlb_dirty[gfns] = 0
         self.split[k] = True
@@ -102,9 +107,13 @@ class Ept:
         self.split[idx] = False
         return len(idx)
 
-    def clear_d_bits(self, gfns: np.ndarray) -> None:
-        """Re-arm logging for ``gfns``: clear the D bit of the leaves that map them (in memory only)."""
-        self.d_bit[self.leaf_of_gfn[gfns]] = False
+    def clear_d_bits(self, gfns: np.ndarray, write_protect: bool = False) -> None:
+        """Re-arm logging for ``gfns``: clear the D bit of the leaves that map them (and write-
+        protect them again without PML), in memory only: TLBs keep what they cached."""
+        leaves = self.leaf_of_gfn[gfns]
+        self.d_bit[leaves] = False
+        if write_protect:
+            self.w_bit[leaves] = False
 
     def invept(self) -> None:
         """INVEPT (single context): every vCPU's cached EPT translations are dropped."""

@@ -79,6 +79,7 @@ class Guest:
         trace: Trace,
         pml_area: PmlArea,
         independent: bool = False,
+        pml_enabled: bool = True,
     ):
         self.env = env
         self.ept = ept
@@ -89,6 +90,8 @@ class Guest:
         self.pml_area = pml_area
         #: no leaf is written by two vCPUs (enables the fast engine's independent lanes)
         self.independent = independent
+        #: the CPU logs first writes (PML); False under write protection
+        self.pml_enabled = pml_enabled
         nv = len(vcpus)
         self._t = [np.zeros(0, np.int64) for _ in range(nv)]
         self._g = [np.zeros(0, np.int64) for _ in range(nv)]
@@ -223,13 +226,16 @@ class Guest:
             vc = self.vcpus[v]
             leaf = int(ept.leaf_of_gfn[g])
             vbit = np.uint64(1) << np.uint64(v)
-            if not ept.w_bit[leaf]:
+            held = bool(ept.tlb_dirty[leaf] & vbit)
+            if not ept.w_bit[leaf] and not held:  # a TLB entry cached as writable skips the check
                 vc.vm_exit(VmExit.EPT_VIOLATION, g)
                 continue
             if ept.d_bit[leaf]:
                 kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
-            elif ept.tlb_dirty[leaf] & vbit:
+            elif held:
                 kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
+            elif not self.pml_enabled:
+                kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
             else:
                 if vc.pml.full:
                     vc.vm_exit(VmExit.PML_FULL, g)  # the write does not happen; retried later
@@ -348,16 +354,25 @@ class Guest:
         V = np.asarray(vs, np.int64)[lane]
         idx = np.arange(n)
         leaf = ept.leaf_of_gfn[G]
-        # a write to a write-protected leaf (superpage under split-on-write) ends its lane
         first_wp = starts[1:].copy()
-        wp_at = np.flatnonzero(~ept.w_bit[leaf])
+        held = (ept.tlb_dirty[leaf] & (np.uint64(1) << V.astype(np.uint64))) != 0
+        faults = ~ept.w_bit[leaf] & ~held
+        wp_faults = idx[:0]
+        if not self.pml_enabled:
+            # write protection: the first write to each protected 4 KiB leaf faults, and the
+            # fault (mark dirty, make writable) touches only that leaf: handled in the lane
+            small = faults & (leaf < ept.n_pages)
+            faults &= ~small
+            at = np.flatnonzero(small)
+            wp_faults = np.sort(at[first_occurrence(leaf[at])]) if len(at) else at
+        # a write to a write-protected superpage (split-on-write) ends its lane
+        wp_at = np.flatnonzero(faults)
         if len(wp_at):
             wl = lane[wp_at]
             firsts = np.flatnonzero(np.r_[True, wl[1:] != wl[:-1]])
             first_wp[wl[firsts]] = wp_at[firsts]
         d0 = ~ept.d_bit[leaf]
-        held = (ept.tlb_dirty[leaf] & (np.uint64(1) << V.astype(np.uint64))) != 0
-        cand = np.flatnonzero(d0 & ~held & (idx < first_wp[lane]))
+        cand = np.flatnonzero(d0 & ~held & (idx < first_wp[lane])) if self.pml_enabled else idx[:0]
         # leaves belong to one lane only, so the first occurrence in the concatenation is the
         # first in its lane: the write that sets the D bit and logs
         log_pos = np.sort(cand[first_occurrence(leaf[cand])]) if len(cand) else cand
@@ -371,6 +386,10 @@ class Guest:
         fl = free[lane[log_pos]]
         exit_pos = log_pos[(rank >= fl) & ((rank - fl) % size == 0)]  # the writes finding it full
         c = hv.pml_full_exit_ns(size)
+        exit_reason = VmExit.PML_FULL
+        if not self.pml_enabled:
+            wp_faults = wp_faults[wp_faults < first_wp[lane[wp_faults]]]
+            exit_pos, c, exit_reason = wp_faults, hv.write_fault_exit_ns(), VmExit.EPT_VIOLATION
         is_exit = np.zeros(n, np.int64)
         is_exit[exit_pos] = 1
         ecum = np.cumsum(is_exit)
@@ -402,7 +421,7 @@ class Guest:
                 break
             if has_ex[i]:
                 p = int(exit_pos[j[i]])
-                owner = (int(t_cut[i]), vs[i], VmExit.PML_FULL, int(G[p]), p)
+                owner = (int(t_cut[i]), vs[i], exit_reason, int(G[p]), p)
             else:
                 p = int(first_wp[i])
                 owner = (int(t_cut[i]), vs[i], VmExit.EPT_VIOLATION, int(G[p]), p)
@@ -422,7 +441,10 @@ class Guest:
         keep = idx < stop[lane]
         if self._reads:
             self._do_reads(G[keep], eff2[keep], limit=limit, inclusive=True)
-        self._commit_lanes(vs, starts, stop, lane, V, G, leaf, d0, held, eff2, log_pos, rank, exit_pos, keep, c)
+        if self.pml_enabled:
+            self._commit_lanes(vs, starts, stop, lane, V, G, leaf, d0, held, eff2, log_pos, rank, exit_pos, keep, c)
+        else:
+            self._commit_lanes_wp(vs, starts, stop, lane, V, G, leaf, d0, held, eff2, exit_pos, keep, c)
         if owner is None:
             return None
         _, v, reason, gfn, _ = owner
@@ -502,6 +524,44 @@ class Guest:
             for _, args, detail in events:
                 self.trace.emit(*args, **detail)
 
+    def _commit_lanes_wp(self, vs, starts, stop, lane, V, G, leaf, d0, held, eff2, exit_pos, keep, c):
+        """Retire the kept writes of every lane under write protection, with the faults among them:
+        each marks its GFN dirty, makes its leaf writable with D=1, and delays the vCPU by ``c``."""
+        ept, hv, L = self.ept, self.vcpus[0].hv, len(vs)
+        Rg, Rv, Rt, Rl = G[keep], V[keep], eff2[keep], leaf[keep]
+        faults = exit_pos[keep[exit_pos]]
+        t_fault = eff2[faults] - c
+        hv.bitmap.mark(G[faults])
+        ept.w_bit[leaf[faults]] = True
+        ept.d_bit[leaf[faults]] = True
+        kind = np.where(Rl >= ept.n_pages, DIRTY_SUPER, DIRTY_4K).astype(np.int8)
+        kind[(d0 & held)[keep]] = STALE_TLB  # a stale writable entry: no fault, no D update
+        ept.tlb_dirty[Rl] |= np.uint64(1) << Rv.astype(np.uint64)
+        self.memory.retire(Rg, Rv, Rt, kind)
+        f_lane = lane[faults]
+        n_f = np.bincount(f_lane, minlength=L)
+        n_ret = stop - starts[:-1]
+        for i, v in enumerate(vs):
+            vc, k, nr = self.vcpus[v], int(n_f[i]), int(n_ret[i])
+            if k:
+                vc.exits[VmExit.EPT_VIOLATION.value] += k
+                vc.stall_ns += k * c
+                vc.base_sim_ns += k * c
+                vc.resume_floor_ns = int(t_fault[f_lane == i][-1]) + c
+            vc.writes += nr
+            self._pos[v] += nr
+        if self.trace.enabled:
+            drains = hv.drains_on_every_exit()  # the exit drains an empty PML buffer
+            events = []
+            for p, t, v in zip(faults.tolist(), t_fault.tolist(), V[faults].tolist(), strict=True):
+                events.append(((t, 2, v, p, 0), (t, "vm_exit", v, int(G[p])), {"reason": VmExit.EPT_VIOLATION.value}))
+                if drains:
+                    events.append(((t, 2, v, p, 0), (t, "flush", v), {"entries": []}))
+                events.append(((t + c, 0, t, v), (t + c, "vm_entry", v), {}))
+            events.sort(key=lambda e: e[0])
+            for _, args, detail in events:
+                self.trace.emit(*args, **detail)
+
     def _trace_lane_exits(self, events, v, i, old_gfns, gfn_log, l_lane, gen, exit_pos, ex_bounds, t_exit, G, c):
         """Trace one lane's inlined exits: vm_exit, the flush with its entries, vm_entry."""
         mine = l_lane == i
@@ -521,15 +581,15 @@ class Guest:
         ept = self.ept
         n = len(G)
         leaf = ept.leaf_of_gfn[G]
-        wp = ~ept.w_bit[leaf]
+        vbit = np.left_shift(np.uint64(1), V.astype(np.uint64))
+        held = (ept.tlb_dirty[leaf] & vbit) != 0
+        wp = ~ept.w_bit[leaf] & ~held  # a TLB entry cached as writable skips the check
         cut, reason = n, None
         if wp.any():
             cut, reason = int(np.argmax(wp)), VmExit.EPT_VIOLATION
         d0 = ~ept.d_bit[leaf]
-        vbit = np.left_shift(np.uint64(1), V.astype(np.uint64))
-        held = (ept.tlb_dirty[leaf] & vbit) != 0
         # writes that must set a D bit (and log): clean leaf, not cached dirty in this TLB
-        cand = np.flatnonzero(d0[:cut] & ~held[:cut])
+        cand = np.flatnonzero(d0[:cut] & ~held[:cut]) if self.pml_enabled else np.zeros(0, np.int64)
         if len(cand):
             log_pos = np.sort(cand[first_occurrence(leaf[cand])])
         else:

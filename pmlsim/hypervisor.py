@@ -84,6 +84,8 @@ class Hypervisor:
         self.costs = config.costs
         self.policy = config.pml.flush_policy
         self.superpage_policy = config.superpage.policy
+        #: write protection instead of PML: every first write faults, nothing is logged
+        self.write_protect = config.tracking.mechanism == "write-protect"
         self.sync_config = config.sync
         self.ept = ept
         self.vcpus = vcpus
@@ -106,7 +108,9 @@ class Hypervisor:
         if self.superpage_policy == "eager-split":
             for leaf in self.ept.superpage_leaves():
                 cost += self._split(int(leaf))
-        self.ept.start_logging(write_protect_superpages=self.superpage_policy == "split-on-write")
+        self.ept.start_logging(
+            write_protect_superpages=self.superpage_policy == "split-on-write", write_protect_all=self.write_protect
+        )
         self.ept.invept()
         self.trace.emit(self.env.now, "invept")
         return cost
@@ -114,7 +118,7 @@ class Hypervisor:
     def _split(self, leaf: int) -> int:
         base = int(self.ept.leaf_base[leaf])
         name = LEAF_NAMES[int(self.ept.leaf_pages[leaf])]
-        entries = self.ept.split_superpage(leaf)
+        entries = self.ept.split_superpage(leaf, children_writable=not self.write_protect)
         self.stats.superpages_split += 1
         self.trace.emit(self.env.now, "split", -1, base, leaf=name)
         return entries * self.costs.split_per_entry_ns
@@ -136,11 +140,19 @@ class Hypervisor:
         return cost
 
     def _write_fault(self, gfn: int) -> int:
-        """Write to a write-protected superpage while logging (Xen ``hvm_hap_nested_page_fault``):
-        mark the GFN dirty in software, split the leaf to 4 KiB, make the GFN writable with D=1."""
+        """Write to a write-protected leaf while logging (Xen ``hvm_hap_nested_page_fault``, KVM
+        ``fast_page_fault``): mark the GFN dirty in software and make it writable with D=1; a
+        superpage is split to 4 KiB first, except by the naive and mark-whole policies (which,
+        without PML, unprotect the whole leaf, marking one GFN or all of them)."""
         ept = self.ept
         leaf = int(ept.leaf_of_gfn[gfn])
         cost = 0
+        if ept.is_superpage(leaf) and self.superpage_policy in ("naive", "mark-whole"):
+            marked = ept.leaf_gfns(leaf) if self.superpage_policy == "mark-whole" else np.array([gfn])
+            self.bitmap.mark(marked)
+            ept.w_bit[leaf] = True
+            ept.d_bit[leaf] = True
+            return cost
         if ept.is_superpage(leaf):
             cost += self._split(leaf)
         self.bitmap.mark(np.array([gfn]))
@@ -159,6 +171,10 @@ class Hypervisor:
         if self.superpage_policy == "mark-whole":
             per_entry += self.costs.leaf_lookup_per_entry_ns
         return self.costs.exit_roundtrip_ns + entries * per_entry
+
+    def write_fault_exit_ns(self) -> int:
+        """Time out of the guest for a write fault on a write-protected 4 KiB leaf (no PML)."""
+        return self.costs.exit_roundtrip_ns + self.costs.ept_violation_ns
 
     def drain_entries(self, vcpu: Vcpu, gpas: np.ndarray, times: np.ndarray, now: int) -> int:
         """Put drained entries (in write order) into the dirty bitmap at time ``now``. Returns ns."""
@@ -238,7 +254,7 @@ class Hypervisor:
         """Re-arm logging for ``gfns`` (a generator): clear the D bits of their leaves (KVM
         ``kvm_mmu_clear_dirty_pt_masked``), then INVEPT so that no TLB still says dirty."""
         env, costs = self.env, self.costs
-        self.ept.clear_d_bits(gfns)
+        self.ept.clear_d_bits(gfns, write_protect=self.write_protect)
         if self.trace.enabled:
             self.trace.emit(env.now, "d_clear", pages=len(gfns), gfns=[int(g) for g in gfns])
         if len(gfns) and costs.rearm_per_page_ns:

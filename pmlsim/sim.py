@@ -35,7 +35,17 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
     memory = GuestMemory(n_pages)
     initial_leaves = ept.leaf_count()
     hv = Hypervisor(env, config, ept, vcpus, bitmap, trace, faults)
-    guest = Guest(env, ept, vcpus, memory, make_streams(config), trace, pml_area, independent_lanes(config, ept))
+    guest = Guest(
+        env,
+        ept,
+        vcpus,
+        memory,
+        make_streams(config),
+        trace,
+        pml_area,
+        independent=independent_lanes(config, ept),
+        pml_enabled=config.tracking.mechanism == "pml",
+    )
     collector = Collector(env, config, hv, memory, trace) if config.collector.enabled else None
     migration = Migration(env, config, hv, guest, memory, trace) if config.migration.enabled else None
     duration = config.duration_ns

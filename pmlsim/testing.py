@@ -22,6 +22,7 @@ from pmlsim.config import (
     SimConfig,
     SuperpageConfig,
     SyncConfig,
+    TrackingConfig,
     WorkloadConfig,
 )
 from pmlsim.results import Result
@@ -51,6 +52,7 @@ def scripted(
     engine: str = "fast",
     costs: CostConfig | None = None,
     flush_interval_us: float = 1000.0,
+    mechanism: str = "pml",
 ) -> SimConfig:
     """A config whose guest does exactly ``writes`` = [(time_ns, vcpu, gpa), ...]."""
     return SimConfig(
@@ -59,6 +61,7 @@ def scripted(
         guest=GuestConfig(memory_mib=memory_mib, vcpus=vcpus, layout=layout),
         pml=PmlConfig(buffer_entries=buffer_entries, flush_policy=policy, flush_interval_us=flush_interval_us),
         superpage=SuperpageConfig(policy=superpage),
+        tracking=TrackingConfig(mechanism=mechanism),
         sync=SyncConfig(drain_pml=drain_pml, invept=invept),
         workload=WorkloadConfig(kind="script", script=writes),
         collector=CollectorConfig(enabled=True, interval_us=collect_every_us),

@@ -12,6 +12,7 @@ from pmlsim import (
     SimConfig,
     SuperpageConfig,
     SyncConfig,
+    TrackingConfig,
     WorkloadConfig,
 )
 
@@ -74,6 +75,7 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
             flush_interval_us=draw(st.sampled_from([2.0, 15.0])),
         ),
         superpage=SuperpageConfig(policy=superpage, recoalesce_on_stop=draw(st.booleans())),
+        tracking=TrackingConfig(mechanism=draw(st.sampled_from(["pml", "pml", "write-protect"]))),
         sync=SyncConfig(drain_pml=drain, invept=invept),
         workload=WorkloadConfig(
             kind=kind,

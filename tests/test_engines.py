@@ -5,7 +5,16 @@ from conftest import COLLECTOR
 from hypothesis import HealthCheck, given, settings
 from strategies import configs
 
-from pmlsim import GuestConfig, ListTrace, MigrationConfig, PmlConfig, SimConfig, WorkloadConfig, simulate
+from pmlsim import (
+    GuestConfig,
+    ListTrace,
+    MigrationConfig,
+    PmlConfig,
+    SimConfig,
+    TrackingConfig,
+    WorkloadConfig,
+    simulate,
+)
 
 
 def _run(config):
@@ -72,5 +81,17 @@ def test_fast_engine_equals_reference_during_a_migration_with_superpages():
         guest=GuestConfig(memory_mib=16, vcpus=2, layout="2m"),
         workload=WorkloadConfig(kind="hotcold", writes_per_s_per_vcpu=2e6),
         migration=MigrationConfig(bandwidth_mbit_s=65536, downtime_limit_ms=0.1, iteration_ms=0.2),
+    )
+    _assert_same(config)
+
+
+def test_fast_engine_equals_reference_under_write_protection_with_inlined_faults():
+    config = SimConfig(
+        seed=13,
+        duration_ms=0.3,
+        guest=GuestConfig(memory_mib=16, vcpus=4, layout="mixed", fraction_2m=0.5),
+        tracking=TrackingConfig(mechanism="write-protect"),
+        workload=WorkloadConfig(kind="hotcold", writes_per_s_per_vcpu=5e6),
+        **COLLECTOR,
     )
     _assert_same(config)
