@@ -18,8 +18,9 @@ def run_study(name: str, base: dict[str, Any], factors: dict[str, list], replica
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=2)
     args, _ = ap.parse_known_args()
-    spec = SweepSpec(base=base, factors=tuple((k, tuple(v)) for k, v in factors.items()), replications=replications,
-                     seed=seed)
+    spec = SweepSpec(
+        base=base, factors=tuple((k, tuple(v)) for k, v in factors.items()), replications=replications, seed=seed
+    )
     spec.validate()
     OUT.mkdir(exist_ok=True)
     progress = Progress(len(spec.points()), 0)

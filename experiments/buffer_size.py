@@ -20,9 +20,19 @@ if __name__ == "__main__":
     rows = run_study("buffer_size", BASE, FACTORS)
     for r in rows:
         r["exits_per_s"] = r["exits.pml_full"] / (r["sim_time_ns"] / 1e9) if not r["error"] else None
-    ys = ["exits_per_s", "guest_overhead", "bitmap_staleness_mean_ns", "migration.migration_time_ns",
-          "migration.downtime_ns"]
+    ys = [
+        "exits_per_s",
+        "guest_overhead",
+        "bitmap_staleness_mean_ns",
+        "migration.migration_time_ns",
+        "migration.downtime_ns",
+    ]
     table(rows, "pml.buffer_entries", ys, hue="pml.flush_policy")
     for y in ("guest_overhead", "bitmap_staleness_mean_ns", "migration.downtime_ns"):
-        plot(OUT / "buffer_size.csv", "pml.buffer_entries", y, OUT / f"buffer_size_{y.replace('.', '_')}.png",
-             hue="pml.flush_policy")
+        plot(
+            OUT / "buffer_size.csv",
+            "pml.buffer_entries",
+            y,
+            OUT / f"buffer_size_{y.replace('.', '_')}.png",
+            hue="pml.flush_policy",
+        )

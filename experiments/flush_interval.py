@@ -26,8 +26,12 @@ if __name__ == "__main__":
     rows = run_study("flush_interval", BASE, FACTORS)
     table(rows, "pml.flush_interval_us", ["guest_overhead", "bitmap_staleness_mean_ns", "kicks"])
     plot(OUT / "flush_interval.csv", "pml.flush_interval_us", "guest_overhead", OUT / "flush_interval_overhead.png")
-    plot(OUT / "flush_interval.csv", "pml.flush_interval_us", "bitmap_staleness_mean_ns",
-         OUT / "flush_interval_staleness.png")
+    plot(
+        OUT / "flush_interval.csv",
+        "pml.flush_interval_us",
+        "bitmap_staleness_mean_ns",
+        OUT / "flush_interval_staleness.png",
+    )
     over = {x: m for x, m, _, _ in summarize(rows, "pml.flush_interval_us", "guest_overhead")[None][None]}
     stale = {x: m for x, m, _, _ in summarize(rows, "pml.flush_interval_us", "bitmap_staleness_mean_ns")[None][None]}
     pts = sorted((over[x], stale[x], x) for x in over)

@@ -33,8 +33,9 @@ VARIANTS = {
     "safe (KVM kick, drain, INVEPT, clear before send)": BASE,
     "safe (Xen pause and drain)": attrs.evolve(BASE, pml=PmlConfig(flush_policy="xen")),
     "read without draining": attrs.evolve(BASE, sync=SyncConfig(drain_pml=False)),
-    "read without draining (Xen)": attrs.evolve(BASE, pml=PmlConfig(flush_policy="xen"),
-                                                sync=SyncConfig(drain_pml=False)),
+    "read without draining (Xen)": attrs.evolve(
+        BASE, pml=PmlConfig(flush_policy="xen"), sync=SyncConfig(drain_pml=False)
+    ),
     "clear D without INVEPT": attrs.evolve(BASE, sync=SyncConfig(invept=False)),
     "copy before re-arm": attrs.evolve(BASE, migration=attrs.evolve(BASE.migration, rearm="after-send")),
     "naive superpages": attrs.evolve(BASE, superpage=SuperpageConfig(policy="naive")),

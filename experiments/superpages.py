@@ -23,8 +23,16 @@ BASE = {
     "migration": {"bandwidth_mbit_s": 10000},
 }
 FACTORS = {"superpage.policy": POLICIES}
-METRICS = ["migration.total_pages_sent", "lost_pages", "guest_overhead", "superpages_split",
-           "exits.ept_violation", "ept_leaves_at_stop", "ept_leaves_after_recoalescing", "migration.downtime_ns"]
+METRICS = [
+    "migration.total_pages_sent",
+    "lost_pages",
+    "guest_overhead",
+    "superpages_split",
+    "exits.ept_violation",
+    "ept_leaves_at_stop",
+    "ept_leaves_after_recoalescing",
+    "migration.downtime_ns",
+]
 
 if __name__ == "__main__":
     rows = run_study("superpages", BASE, FACTORS, replications=2)
@@ -33,8 +41,9 @@ if __name__ == "__main__":
         r["leaf_lookup_ns"] = r["flushed_entries"] * lookup if r["superpage.policy"] == "mark-whole" else 0
     table(rows, "superpage.policy", [*METRICS, "leaf_lookup_ns"])
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for ax, y in zip(axes, ["migration.total_pages_sent", "lost_pages", "guest_overhead", "ept_leaves_at_stop"],
-                     strict=True):
+    for ax, y in zip(
+        axes, ["migration.total_pages_sent", "lost_pages", "guest_overhead", "ept_leaves_at_stop"], strict=True
+    ):
         data = {x: (m, sd) for x, m, sd, _ in summarize(rows, "superpage.policy", y)[None][None]}
         ax.bar(POLICIES, [data[p][0] for p in POLICIES], yerr=[data[p][1] for p in POLICIES], capsize=3)
         ax.set_title(y, fontsize=9)

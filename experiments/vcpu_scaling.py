@@ -24,8 +24,12 @@ if __name__ == "__main__":
     for r in rows:
         r["drain_cost_ns"] = r["flushed_entries"] * per_entry
         r["exits_total"] = sum(r[k] or 0 for k in ("exits.pml_full", "exits.kick", "exits.pause"))
-    table(rows, "guest.vcpus", ["exits_total", "drain_cost_ns", "sync_latency_mean_ns", "guest_overhead"],
-          hue="pml.flush_policy")
+    table(
+        rows,
+        "guest.vcpus",
+        ["exits_total", "drain_cost_ns", "sync_latency_mean_ns", "guest_overhead"],
+        hue="pml.flush_policy",
+    )
     for y in ("sync_latency_mean_ns", "guest_overhead"):
         plot(OUT / "vcpu_scaling.csv", "guest.vcpus", y, OUT / f"vcpu_scaling_{y}.png", hue="pml.flush_policy")
     assert read_rows(OUT / "vcpu_scaling.csv")
