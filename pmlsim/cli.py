@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pmlsim.config import ConfigError, load_config
@@ -137,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pmlsim: interrupted", file=sys.stderr)
         return 130
-    print(result.to_json() if args.json else result.summary())
+    try:
+        print(result.to_json() if args.json else result.summary())
+        sys.stdout.flush()
+    except BrokenPipeError:  # `pmlsim run --json | head`: the reader went away; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -130,7 +130,7 @@ class GuestConfig:
             return []
         if self.ranges:
             out = []
-            for i, r in enumerate(sorted(self.ranges, key=lambda r: r.start_mib)):
+            for i, r in sorted(enumerate(self.ranges), key=lambda ir: ir[1].start_mib):
                 field = f"guest.ranges[{i}]"
                 if r.leaf not in LEAF_PAGES:
                     raise ConfigError(f"{field}.leaf", r.leaf, "must be one of 4k, 2m, 1g")

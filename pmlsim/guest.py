@@ -269,6 +269,13 @@ class Guest:
                     else min(MAX_BATCH, int((vc.pml.free + 1) / self._log_ratio[vc.index]) + 64)
                 )
                 eff, g = self._pending(vc.index, want + 1)
+                if len(eff) > want and eff[want] == eff[0]:
+                    # more than a batch of writes in one nanosecond: take them all, so that the
+                    # window can end after that nanosecond (ordering stays exact, time moves on)
+                    while len(eff) > want and eff[-1] == eff[0] and not self._exhausted[vc.index]:
+                        want *= 2
+                        eff, g = self._pending(vc.index, want + 1)
+                    want = int(np.searchsorted(eff, eff[0], side="right"))
                 if len(eff) > want and eff[want] < horizon:
                     horizon = int(eff[want])
                 parts.append((eff, vc.index, g))

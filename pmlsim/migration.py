@@ -275,7 +275,7 @@ class Migration:
             if self._high_count >= 2:
                 self._high_count = 0
                 if self.throttle_pct == 0:
-                    self.throttle_pct = mc.throttle_initial_pct
+                    self.throttle_pct = min(mc.throttle_initial_pct, mc.throttle_max_pct)
                 else:
                     self.throttle_pct = min(self.throttle_pct + mc.throttle_increment_pct, mc.throttle_max_pct)
                 for v in self.hv.vcpus:

@@ -38,6 +38,8 @@ class Result:
     sync_latency_max_ns: int
     dirty_pages_reported: int
     superpages_split: int
+    #: hypervisor time spent when logging started (eager splitting), not charged to the guest
+    logging_start_ns: int
     superpages_recoalesced: int
     #: EPT leaf entries mapping the guest: before logging, when it stopped, after re-coalescing
     ept_leaves_at_start: int
@@ -77,6 +79,7 @@ class Result:
             "dirty_pages_reported": self.dirty_pages_reported,
             "collections": len(self.collections),
             "superpages_split": self.superpages_split,
+            "logging_start_ns": self.logging_start_ns,
             "superpages_recoalesced": self.superpages_recoalesced,
             "ept_leaves_at_start": self.ept_leaves_at_start,
             "ept_leaves_at_stop": self.ept_leaves_at_stop,

@@ -53,7 +53,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
 
     def run():
         """Logging starts at t=0; the consumer runs to the end; then logging stops."""
-        hv.start_logging()
+        end_state["logging_start_ns"] = hv.start_logging()
         if migration is not None:
             yield from migration.run(duration)
             end_state["stall"] = migration.stall_at_pause
@@ -113,6 +113,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
         sync_latency_max_ns=st.sync_time_max_ns,
         dirty_pages_reported=reported,
         superpages_split=st.superpages_split,
+        logging_start_ns=int(end_state["logging_start_ns"]),
         superpages_recoalesced=int(end_state["recoalesced"]),
         ept_leaves_at_start=initial_leaves,
         ept_leaves_at_stop=int(end_state["leaves"]),

@@ -2,8 +2,10 @@
 
 Events: ``write_logged`` (a PML entry written: ``pml_index``), ``vm_exit`` (``reason``),
 ``vm_entry``, ``flush`` (a PML drain: ``entries`` GFNs in the order read), ``bitmap_read``
-(``pages``), ``d_clear`` (``pages``), ``invept``, ``split`` (a superpage leaf split: its
-first GFN, ``leaf``), ``kick``, ``pause``, ``resume``, ``collect``, ``lost_page``.
+(``pages``, ``in_flight``, ``gfns``), ``d_clear`` (``pages``, ``gfns``), ``invept``, ``split``
+(a superpage leaf split: its first GFN, ``leaf``), ``kick``, ``pause``, ``collect``, ``send``
+(``pages`` starting down the wire), ``stop_and_copy`` (``reason``), ``throttle`` (``pct``),
+``did_not_converge``, ``lost_page`` (``cause``, ``write_time_ns``).
 """
 
 from __future__ import annotations

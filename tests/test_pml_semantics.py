@@ -117,3 +117,20 @@ def test_write_between_d_clear_and_invept_is_silent_but_not_lost(engine):
     assert (10032, "d_clear") in [e[:2] for e in tr.events] and (10052, "invept") in [e[:2] for e in tr.events]
     assert [e[0] for e in logged(tr)] == [100]
     assert r.lost_pages == 0 and r.guest_writes == 3
+
+
+def test_many_writes_in_one_nanosecond_all_retire_in_program_order(engine):
+    # 1,300 writes at t=0 on one vCPU: more than a window's batch, and two PML-full exits
+    writes = [(0, 0, i * KIB4) for i in range(1300)]
+    r, tr = run(scripted(writes, memory_mib=8, engine=engine))
+    assert r.guest_writes == 1300 and r.pml_entries_logged == 1300 and r.exits["pml_full"] == 2
+    assert [e[2] >> 12 for e in logged(tr)] == list(range(1300))
+
+
+def test_writes_delayed_by_an_exit_all_retire_at_re_entry(engine):
+    # writes 1 ns apart: those falling inside the PML-full exit at t=512 are all issued at re-entry
+    writes = [(i, 0, i * KIB4) for i in range(1300)]
+    r, tr = run(scripted(writes, memory_mib=8, engine=engine))
+    assert r.guest_writes == 1300 and r.exits["pml_full"] == 2
+    reentry = 512 + 1200 + 512 * 40
+    assert sum(1 for e in logged(tr) if e[0] == reentry) == 512  # until the buffer is full again
