@@ -279,8 +279,9 @@ class Guest:
                 if len(eff) > want and eff[want] < horizon:
                     horizon = int(eff[want])
                 parts.append((eff, vc.index, g))
-            self._lanes_hint = bool(parts) and self._lanes_apply(parts)
-            if self._lanes_hint:
+            if parts:  # (with every vCPU stopped, keep the last guess for when they resume)
+                self._lanes_hint = self._lanes_apply(parts)
+            if parts and self._lanes_hint:
                 cut = self._window_lanes(parts, horizon)
                 if cut is not None:
                     t_cut, v, reason, gfn = cut

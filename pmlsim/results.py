@@ -21,6 +21,8 @@ class Result:
     config: dict[str, Any]
     seed: int
     sim_time_ns: int
+    #: SimPy events scheduled in the run (a measure of the engine's work)
+    sim_events: int
     wall_time_s: float
     guest_writes: int
     pml_entries_logged: int
@@ -61,6 +63,7 @@ class Result:
             "config": self.config,
             "seed": self.seed,
             "sim_time_ns": self.sim_time_ns,
+            "sim_events": self.sim_events,
             "wall_time_s": self.wall_time_s,
             "guest_writes": self.guest_writes,
             "pml_entries_logged": self.pml_entries_logged,

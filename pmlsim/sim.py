@@ -77,6 +77,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
     main = env.process(run())
     env.run(until=main)
     trace.close()
+    sim_events = next(env._eid)  # SimPy numbers every event it schedules
 
     stall = end_state["stall"]
     run_ns = max(int(end_state["run_ns"]), 1)
@@ -96,6 +97,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
         config=config.to_dict(),
         seed=config.seed,
         sim_time_ns=int(env.now),
+        sim_events=sim_events,
         wall_time_s=time.perf_counter() - wall0,
         guest_writes=sum(v.writes for v in vcpus),
         pml_entries_logged=sum(v.logged for v in vcpus),

@@ -1,0 +1,118 @@
+"""Benchmark: the default (fast) engine against the reference engine on the same configs.
+
+    python benchmarks/run.py [--quick] [--e2e]
+
+For each scenario, in one process run per engine (so that peak RSS is the scenario's own):
+simulated writes per wall second, SimPy events, peak RSS, and the ratio fast/reference. The
+reference runs a shorter simulated time (it is slow) and its rate is extrapolated from that;
+the fast engine is also run on that shorter time and the two results must be identical.
+``--e2e`` adds the end-to-end target: a 64 GiB, 64-vCPU guest (hot/cold, 1M writes/s per vCPU)
+migrated over 25 Gbit/s with the QEMU rule, verification included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import platform
+import resource
+import sys
+import time
+
+import attrs
+
+from pmlsim import CollectorConfig, GuestConfig, MigrationConfig, PmlConfig, SimConfig, WorkloadConfig, simulate
+
+SCENARIOS = [
+    # name, memory MiB, vCPUs, workload kind, fast ms, reference ms
+    ("1 GiB, 1 vCPU, uniform", 1024, 1, "uniform", 20, 2),
+    ("1 GiB, 16 vCPUs, uniform", 1024, 16, "uniform", 5, 0.3),
+    ("1 GiB, 16 vCPUs, hot/cold", 1024, 16, "hotcold", 5, 0.3),
+    ("1 GiB, 64 vCPUs, uniform", 1024, 64, "uniform", 2, 0.1),
+    ("16 GiB, 16 vCPUs, uniform", 16384, 16, "uniform", 5, 0.3),
+    ("16 GiB, 64 vCPUs, hot/cold", 16384, 64, "hotcold", 2, 0.1),
+]
+
+
+def scenario_config(mib: int, vcpus: int, kind: str, ms: float) -> SimConfig:
+    return SimConfig(
+        seed=1,
+        duration_ms=ms,
+        guest=GuestConfig(memory_mib=mib, vcpus=vcpus),
+        pml=PmlConfig(buffer_entries=512),
+        workload=WorkloadConfig(kind=kind, writes_per_s_per_vcpu=1e7),
+        collector=CollectorConfig(enabled=True, interval_us=1000),
+        migration=MigrationConfig(enabled=False),
+    )
+
+
+def e2e_config() -> SimConfig:
+    return SimConfig(
+        seed=1,
+        duration_ms=600_000,
+        guest=GuestConfig(memory_mib=64 * 1024, vcpus=64),
+        workload=WorkloadConfig(kind="hotcold", writes_per_s_per_vcpu=1e6),
+        migration=MigrationConfig(bandwidth_mbit_s=25_000, stop_rule="qemu"),
+    )
+
+
+def _child(config: SimConfig, queue) -> None:
+    t0 = time.perf_counter()
+    r = simulate(config)
+    wall = time.perf_counter() - t0
+    d = r.to_dict()
+    d.pop("wall_time_s")
+    d.pop("sim_events")  # the reference schedules one event per write: not a result
+    d["config"].pop("engine")
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put((r.guest_writes, r.sim_events, wall, rss_kib, d))
+
+
+def measure(config: SimConfig):
+    """Run one simulation in a fresh process: (writes, events, wall s, peak RSS MiB, result dict)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(config, q))
+    p.start()
+    out = q.get()
+    p.join()
+    writes, events, wall, rss_kib, d = out
+    return writes, events, wall, rss_kib / 1024, d
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="the first three scenarios only")
+    ap.add_argument("--e2e", action="store_true", help="also the 64 GiB / 64 vCPU migration")
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()}, {mp.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print("writes at 10M/s per vCPU, PML 512 entries, collector every 1 ms; reference rate extrapolated")
+    print("from its shorter run; 'same' = fast and reference results identical on that run")
+    head = f"{'scenario':<28} {'fast w/s':>12} {'ref w/s':>10} {'ratio':>7} {'events':>9} {'RSS MiB':>8} same"
+    print(head)
+    scenarios = SCENARIOS[:3] if args.quick else SCENARIOS
+    for name, mib, vcpus, kind, fast_ms, ref_ms in scenarios:
+        cfg = scenario_config(mib, vcpus, kind, fast_ms)
+        writes, events, wall, rss, _ = measure(cfg)
+        short = attrs.evolve(cfg, duration_ms=ref_ms)
+        r_writes, _, r_wall, _, r_dict = measure(attrs.evolve(short, engine="reference"))
+        _, _, _, _, f_dict = measure(short)
+        f_rate, r_rate = writes / wall, r_writes / r_wall
+        same = "yes" if f_dict == r_dict else "NO"
+        print(
+            f"{name:<28} {f_rate:>12,.0f} {r_rate:>10,.0f} {f_rate / r_rate:>6.1f}x {events:>9,} {rss:>8,.0f} {same}",
+            flush=True,
+        )
+    if args.e2e:
+        writes, events, wall, rss, d = measure(e2e_config())
+        m = d["migration"]
+        print(
+            f"end to end, 64 GiB / 64 vCPUs / 25 Gbit/s: {wall:,.1f} s wall, {rss:,.0f} MiB peak RSS,"
+            f" {writes:,} writes ({writes / wall:,.0f}/s), converged {m['converged']},"
+            f" downtime {m['downtime_ns'] / 1e6 if m['downtime_ns'] else float('nan'):.1f} ms,"
+            f" lost pages {d['lost_pages']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
