@@ -419,17 +419,37 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def read_toml(path: str | Path, field: str) -> dict[str, Any]:
+    """A TOML file's data; a missing or malformed file is a ConfigError naming ``field``."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(field, str(p), "file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(field, str(p), f"is not valid TOML ({exc})") from exc
+
+
+def parse_cell(text: Any) -> Any:
+    """A value read back from a CSV cell: int, float, bool, None for empty, else the text."""
+    if not isinstance(text, str):
+        return text
+    if text == "":
+        return None
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SimConfig:
     """Load a TOML config file (or the defaults), then apply ``--set`` style overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError("config", str(p), "file not found") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("config", str(p), f"is not valid TOML ({exc})") from exc
+        data = read_toml(p, "config")
         wl = data.get("workload")
         if isinstance(wl, dict) and isinstance(wl.get("path"), str):
             # relative script paths are relative to the config file

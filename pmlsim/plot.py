@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pmlsim.config import ConfigError
+from pmlsim.config import ConfigError, parse_cell
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -22,18 +22,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
         return pq.read_table(p).to_pylist()
     with p.open(newline="") as fh:
-        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def _num(text: str) -> Any:
-    if text == "":
-        return None
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return {"True": True, "False": False}.get(text, text)
+        return [{k: parse_cell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 def _check_column(rows: list[dict[str, Any]], name: str | None, option: str) -> None:

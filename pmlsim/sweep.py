@@ -30,7 +30,6 @@ import math
 import os
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,7 +37,7 @@ from typing import Any, TextIO
 import attrs
 import numpy as np
 
-from pmlsim.config import ConfigError, config_from_dict
+from pmlsim.config import ConfigError, config_from_dict, parse_cell, read_toml
 from pmlsim.results import Result
 from pmlsim.sim import simulate
 
@@ -150,22 +149,13 @@ class SweepSpec:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read a sweep spec; errors name the spec field."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError("spec", str(p), "file not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("spec", str(p), f"is not valid TOML ({exc})") from exc
+    data = read_toml(p, "spec")
     unknown = set(data) - {"base", "factors", "replications", "seed"}
     if unknown:
         raise ConfigError(f"spec.{sorted(unknown)[0]}", "", "unknown; a spec has base, factors, replications, seed")
     base = data.get("base", {})
     if isinstance(base, str):
-        bp = Path(base) if Path(base).is_absolute() else p.parent / base
-        try:
-            base = tomllib.loads(bp.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError("spec.base", str(bp), "file not found") from exc
+        base = read_toml(Path(base) if Path(base).is_absolute() else p.parent / base, "spec.base")
     if not isinstance(base, dict):
         raise ConfigError("spec.base", base, "must be a config file path or a [base] table")
     factors = data.get("factors", {})
@@ -298,7 +288,7 @@ class ResultsFile:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            cols = {c: [_parse(r[c]) for r in rows] for c in self.spec.columns}
+            cols = {c: [parse_cell(r[c]) for r in rows] for c in self.spec.columns}
             tmp = self.path.with_name(self.path.name + ".tmp")
             pq.write_table(pa.table(cols), tmp)
             os.replace(tmp, self.path)
@@ -312,17 +302,6 @@ class ResultsFile:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
-
-
-def _parse(text: str) -> Any:
-    if text == "":
-        return None
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return {"True": True, "False": False}.get(text, text)
 
 
 # ---------------------------------------------------------------- progress

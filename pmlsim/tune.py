@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from pmlsim.config import ConfigError
+from pmlsim.config import ConfigError, parse_cell
 from pmlsim.sweep import METRICS, SweepSpec, run_sweep
 
 OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
@@ -59,7 +59,7 @@ def _aggregate(rows, objective: str, constraint: Constraint | None, paths) -> li
     for r in rows:
         if r["error"] or r[objective] in ("", None):
             continue
-        groups[tuple((p, _val(r[p])) for p in paths)].append(r)
+        groups[tuple((p, parse_cell(r[p])) for p in paths)].append(r)
     out = []
     for settings, rs in groups.items():
         obj = sum(float(r[objective]) for r in rs) / len(rs)
@@ -70,17 +70,6 @@ def _aggregate(rows, objective: str, constraint: Constraint | None, paths) -> li
         feasible = constraint is None or (con is not None and constraint.ok(con))
         out.append(Candidate(settings, obj, con, feasible, len(rs)))
     return out
-
-
-def _val(text: Any) -> Any:
-    if not isinstance(text, str):
-        return text
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _refine(values: list[Any], best: Any) -> list[Any]:
