@@ -100,7 +100,8 @@ class LeafRange:
 class GuestConfig:
     """The guest: memory size, vCPU count and how the EPT maps its memory."""
 
-    memory_mib: int = _field(1024, _int_range(1, 1 << 20), "guest.memory_mib")
+    #: at most 512 GiB (GFNs below 2**27: the fast engine packs GFN and time in one int64)
+    memory_mib: int = _field(1024, _int_range(1, 1 << 19), "guest.memory_mib")
     vcpus: int = _field(4, _int_range(1, MAX_VCPUS), "guest.vcpus")
     #: ``4k``, ``2m``, ``1g`` (every leaf that size) or ``mixed`` (fractions or ranges below).
     layout: str = _field("4k", _choice(LAYOUTS), "guest.layout")

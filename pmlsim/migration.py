@@ -313,6 +313,8 @@ class Migration:
 
     def _give_up(self) -> None:
         """``max_time`` reached before switch-over: the migration did not converge."""
+        if self._round_pages:
+            self._close_round(0, 0, 0, None, final=False)  # the round cut short
         self.stall_at_pause = [v.stall_until(self.env.now) for v in self.hv.vcpus]
         self.guest_run_end_ns = self.env.now
         self.trace.emit(self.env.now, "did_not_converge")

@@ -134,7 +134,12 @@ class Result:
         exits = ", ".join(f"{k} {v}" for k, v in sorted(self.exits.items())) or "none"
         lines = [
             f"pmlsim: {g['memory_mib']} MiB guest, {g['vcpus']} vCPUs, layout {g['layout']}, "
-            f"PML {p['buffer_entries']} entries, flush policy {p['flush_policy']}, "
+            + (
+                f"PML {p['buffer_entries']} entries, "
+                if c["tracking"]["mechanism"] == "pml"
+                else "write protection (no PML), "
+            )
+            + f"flush policy {p['flush_policy']}, "
             f"superpages {c['superpage']['policy']}, engine {c['engine']}, seed {self.seed}",
             f"  simulated {sim_ms:.3f} ms in {self.wall_time_s:.2f} s wall"
             f" ({self.guest_writes / max(self.wall_time_s, 1e-9) / 1e6:.1f} M writes/s)",
