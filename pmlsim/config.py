@@ -26,7 +26,9 @@ SHARINGS = ("partitioned", "shared")
 ENGINES = ("fast", "reference")
 STOP_RULES = ("qemu", "xen")
 REARM_MODES = ("before-send", "after-send")
-MECHANISMS = ("pml", "write-protect")
+MECHANISMS = ("pml", "write-protect", "dirty-ring")
+#: KVM_DIRTY_RING_RSVD_ENTRIES: ring entries kept free besides a whole PML buffer
+RING_RESERVE = 64
 MAX_VCPUS = 64  # the TLB model keeps one bit per vCPU in a 64-bit mask
 MAX_PML_ENTRIES = 65536
 
@@ -202,7 +204,15 @@ class TrackingConfig:
     #: ``pml``: the CPU logs the first write to a clean leaf; ``write-protect``: no PML, every
     #: leaf is write-protected while logging and the first write to it takes an EPT violation
     #: that marks it dirty and makes it writable (KVM without PML)
+    #: ``dirty-ring``: PML, but each vCPU's drained entries go to its own ring
+    #: (KVM_CAP_DIRTY_LOG_RING) instead of the shared bitmap
     mechanism: str = _field("pml", _choice(MECHANISMS), "tracking.mechanism")
+    #: dirty ring: entries per vCPU ring (QEMU's dirty-ring-size; KVM wants a power of two)
+    ring_entries: int = _field(4096, _int_range(1, 1 << 24), "tracking.ring_entries")
+    #: dirty ring: on KVM_EXIT_DIRTY_RING_FULL the vCPU thread reaps every ring into the VMM's
+    #: own dirty bitmap and resets them (QEMU ``kvm_dirty_ring_reap``); false: the vCPU waits
+    #: until the consumer's next sync harvests the rings
+    reap_on_full: bool = _field(True, _bool, "tracking.reap_on_full")
 
 
 @attrs.frozen
@@ -327,6 +337,17 @@ class SimConfig:
 
     def __attrs_post_init__(self):
         self.guest.leaf_ranges()  # validates layout against memory size
+        reserve = RING_RESERVE + self.pml.buffer_entries
+        if self.tracking.mechanism == "dirty-ring" and self.tracking.ring_entries <= reserve:
+            raise ConfigError(
+                "tracking.ring_entries",
+                self.tracking.ring_entries,
+                f"must be greater than its reserve, 64 + pml.buffer_entries = {reserve}",
+            )
+        if self.tracking.mechanism == "dirty-ring" and self.superpage.policy == "mark-whole":
+            raise ConfigError(
+                "superpage.policy", "mark-whole", "cannot be used with a dirty ring (a whole leaf would not fit)"
+            )
         if self.collector.enabled and self.migration.enabled:
             raise ConfigError(
                 "collector.enabled", True, "one dirty-log consumer per run: set migration.enabled = false to use it"

@@ -22,3 +22,41 @@ class DirtyBitmap:
 
     def count(self) -> int:
         return int(np.count_nonzero(self.bits))
+
+
+class DirtyRing:
+    """One vCPU's dirty ring (KVM ``virt/kvm/dirty_ring.c``): drains push GFNs; the consumer
+    harvests them and resets the ring. Soft-full once ``used >= size - 64 - PML size``: the vCPU
+    then exits (KVM_EXIT_DIRTY_RING_FULL) at its next entry and waits for the reset."""
+
+    def __init__(self, size: int, reserve: int):
+        self.size = size
+        self.soft_limit = size - reserve
+        self.gfns = np.zeros(size, dtype=np.int64)
+        self.dirty_index = 0
+        self.reset_index = 0
+        self.max_used = 0
+
+    @property
+    def used(self) -> int:
+        return self.dirty_index - self.reset_index
+
+    @property
+    def soft_full(self) -> bool:
+        return self.used >= self.soft_limit
+
+    def push(self, gfns: np.ndarray) -> None:
+        n = len(gfns)
+        if self.used + n > self.size:  # KVM: WARN_ON_ONCE(kvm_dirty_ring_full(ring))
+            raise RuntimeError(f"dirty ring overflow: {self.used} + {n} entries > {self.size}")
+        idx = (self.dirty_index + np.arange(n)) % self.size
+        self.gfns[idx] = gfns
+        self.dirty_index += n
+        self.max_used = max(self.max_used, self.used)
+
+    def harvest_and_reset(self) -> np.ndarray:
+        """Collect every dirtied entry (userspace sets F_RESET on each) and reset the ring."""
+        idx = (self.reset_index + np.arange(self.used)) % self.size
+        out = self.gfns[idx].copy()
+        self.reset_index = self.dirty_index
+        return out

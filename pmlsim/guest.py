@@ -330,7 +330,8 @@ class Guest:
         superpage straddles, checked once), every vCPU runs at full speed and none has a pause
         pending: then a vCPU's logging depends only on its own writes, and its PML-full exits
         only on itself."""
-        if not self.independent or self.vcpus[0].hv.faults.drop_drained_entry is not None:
+        hv = self.vcpus[0].hv
+        if not self.independent or hv.faults.drop_drained_entry is not None or hv.rings is not None:
             return False
         return all(self.vcpus[v].speed_pct == 100 and not self.vcpus[v].pause_requested for _, v, _ in parts)
 

@@ -18,8 +18,8 @@ import attrs
 import numpy as np
 import simpy
 
-from pmlsim.config import SimConfig
-from pmlsim.dirty_log import DirtyBitmap
+from pmlsim.config import RING_RESERVE, SimConfig
+from pmlsim.dirty_log import DirtyBitmap, DirtyRing
 from pmlsim.ept import LEAF_NAMES, Ept
 from pmlsim.trace import Trace
 from pmlsim.vcpu import State, Vcpu, VmExit
@@ -66,6 +66,7 @@ class HypervisorStats:
     sync_time_sum_ns: int = 0
     sync_time_max_ns: int = 0
     dropped_entries: int = 0
+    reaps: int = 0
 
 
 class Hypervisor:
@@ -86,6 +87,12 @@ class Hypervisor:
         self.superpage_policy = config.superpage.policy
         #: write protection instead of PML: every first write faults, nothing is logged
         self.write_protect = config.tracking.mechanism == "write-protect"
+        #: dirty ring: drained GFNs go to the vCPU's own ring, harvested by the consumer's sync
+        self.rings = (
+            [DirtyRing(config.tracking.ring_entries, RING_RESERVE + config.pml.buffer_entries) for _ in vcpus]
+            if config.tracking.mechanism == "dirty-ring"
+            else None
+        )
         self.sync_config = config.sync
         self.ept = ept
         self.vcpus = vcpus
@@ -136,10 +143,31 @@ class Hypervisor:
         if reason is VmExit.PML_FULL or (drain and self.drains_on_every_exit()):
             cost += self.drain(vcpu)
         if reason is VmExit.EPT_VIOLATION:
-            cost += self.costs.ept_violation_ns + self._write_fault(gfn)
+            cost += self.costs.ept_violation_ns + self._write_fault(gfn, vcpu)
         return cost
 
-    def _write_fault(self, gfn: int) -> int:
+    def reap_rings(self):
+        """QEMU's ``kvm_dirty_ring_reap`` (a generator): every ring's entries go into the VMM's
+        dirty bitmap, the rings are reset, which re-arms those GFNs (clear D), then TLB flush."""
+        gfns = np.unique(np.concatenate([r.harvest_and_reset() for r in self.rings]))
+        self.bitmap.mark(gfns)
+        self.stats.reaps += 1
+        self.trace.emit(self.env.now, "ring_reap", pages=len(gfns))
+        if len(gfns) and self.costs.pml_flush_per_entry_ns:
+            yield self.env.timeout(len(gfns) * self.costs.pml_flush_per_entry_ns)
+        yield from self.rearm(gfns)
+
+    def ring_soft_full(self, vcpu: Vcpu) -> bool:
+        return self.rings is not None and self.rings[vcpu.index].soft_full
+
+    def _mark(self, gfns: np.ndarray, vcpu: Vcpu) -> None:
+        """Record dirty GFNs: in the bitmap, or in the vCPU's dirty ring."""
+        if self.rings is not None:
+            self.rings[vcpu.index].push(gfns)
+        else:
+            self.bitmap.mark(gfns)
+
+    def _write_fault(self, gfn: int, vcpu: Vcpu) -> int:
         """Write to a write-protected leaf while logging (Xen ``hvm_hap_nested_page_fault``, KVM
         ``fast_page_fault``): mark the GFN dirty in software and make it writable with D=1; a
         superpage is split to 4 KiB first, except by the naive and mark-whole policies (which,
@@ -149,13 +177,13 @@ class Hypervisor:
         cost = 0
         if ept.is_superpage(leaf) and self.superpage_policy in ("naive", "mark-whole"):
             marked = ept.leaf_gfns(leaf) if self.superpage_policy == "mark-whole" else np.array([gfn])
-            self.bitmap.mark(marked)
+            self._mark(marked, vcpu)
             ept.w_bit[leaf] = True
             ept.d_bit[leaf] = True
             return cost
         if ept.is_superpage(leaf):
             cost += self._split(leaf)
-        self.bitmap.mark(np.array([gfn]))
+        self._mark(np.array([gfn]), vcpu)
         ept.w_bit[gfn] = True
         ept.d_bit[gfn] = True
         return cost
@@ -187,23 +215,28 @@ class Hypervisor:
                 self.stats.dropped_entries += 1
         self._drained_so_far += n
         # Xen reads ascending indexes (newest first); KVM reads in write order (511 down)
+        self.absorb_drains(gfns, now - times, 1 if n else 0, vcpu)
         if self.trace.enabled:
             order = gfns[::-1] if self.policy == "xen" else gfns
-            self.trace.emit(now, "flush", vcpu.index, entries=[int(g) for g in order])
-        self.absorb_drains(gfns, now - times, 1 if n else 0)
+            extra = {"ring_used": self.rings[vcpu.index].used} if self.rings is not None else {}
+            self.trace.emit(now, "flush", vcpu.index, entries=[int(g) for g in order], **extra)
         cost = n * self.costs.pml_flush_per_entry_ns
         if self.superpage_policy == "mark-whole":
             cost += n * self.costs.leaf_lookup_per_entry_ns
         return cost
 
-    def absorb_drains(self, gfns: np.ndarray, ages_ns: np.ndarray, flushes: int) -> None:
-        """Drained GFNs reach the bitmap (the whole leaf with ``mark-whole``); count them."""
+    def absorb_drains(self, gfns: np.ndarray, ages_ns: np.ndarray, flushes: int, vcpu: Vcpu | None = None) -> None:
+        """Drained GFNs reach the bitmap (the whole leaf with ``mark-whole``), or ``vcpu``'s
+        dirty ring (KVM pushes them in the order the CPU wrote them); count them."""
         if not len(gfns):
             return
         self.stats.flushes += flushes
         self.stats.flushed_entries += len(gfns)
         self.stats.staleness_sum_ns += int(ages_ns.sum())
         self.stats.staleness_max_ns = max(self.stats.staleness_max_ns, int(ages_ns.max()))
+        if self.rings is not None:
+            self.rings[vcpu.index].push(gfns)
+            return
         if self.superpage_policy == "mark-whole":
             # look up the leaf of each logged GFN and mark all of its 4 KiB pages
             leaves = np.unique(self.ept.leaf_of_gfn[gfns])
@@ -296,6 +329,11 @@ class Hypervisor:
         if on_read is not None:
             on_read(env.now)
         collected = self.bitmap.read_and_clear()
+        if self.rings is not None:
+            # harvest every ring (entries marked F_RESET) and reset them: KVM_RESET_DIRTY_RINGS;
+            # what an earlier reap moved into the VMM's bitmap comes with them
+            harvested = [r.harvest_and_reset() for r in self.rings]
+            collected = np.unique(np.concatenate([collected, *harvested]))
         rec.collected = collected
         if self.trace.enabled:
             self.trace.emit(
@@ -306,6 +344,11 @@ class Hypervisor:
             yield env.timeout(scan)
         if rearm:
             yield from self.rearm(collected)
+        if self.rings is not None:
+            # the reset re-armed the harvested GFNs: vCPUs waiting on a full ring go back in
+            for v in self.vcpus:
+                if v.state is State.RING_FULL:
+                    v._enter()
         rec.end_ns = env.now
         self.stats.sync_time_sum_ns += rec.end_ns - rec.start_ns
         self.stats.sync_time_max_ns = max(self.stats.sync_time_max_ns, rec.end_ns - rec.start_ns)

@@ -42,6 +42,8 @@ class Result:
     superpages_split: int
     #: hypervisor time spent when logging started (eager splitting), not charged to the guest
     logging_start_ns: int
+    #: dirty ring: the most entries any vCPU's ring held at once (0 without a dirty ring)
+    dirty_ring_max_used: int
     superpages_recoalesced: int
     #: EPT leaf entries mapping the guest: before logging, when it stopped, after re-coalescing
     ept_leaves_at_start: int
@@ -83,6 +85,7 @@ class Result:
             "collections": len(self.collections),
             "superpages_split": self.superpages_split,
             "logging_start_ns": self.logging_start_ns,
+            "dirty_ring_max_used": self.dirty_ring_max_used,
             "superpages_recoalesced": self.superpages_recoalesced,
             "ept_leaves_at_start": self.ept_leaves_at_start,
             "ept_leaves_at_stop": self.ept_leaves_at_stop,
@@ -134,11 +137,12 @@ class Result:
         exits = ", ".join(f"{k} {v}" for k, v in sorted(self.exits.items())) or "none"
         lines = [
             f"pmlsim: {g['memory_mib']} MiB guest, {g['vcpus']} vCPUs, layout {g['layout']}, "
-            + (
-                f"PML {p['buffer_entries']} entries, "
-                if c["tracking"]["mechanism"] == "pml"
-                else "write protection (no PML), "
-            )
+            + {
+                "pml": f"PML {p['buffer_entries']} entries, ",
+                "dirty-ring": f"PML {p['buffer_entries']} entries into dirty rings of"
+                f" {c['tracking']['ring_entries']}, ",
+                "write-protect": "write protection (no PML), ",
+            }[c["tracking"]["mechanism"]]
             + f"flush policy {p['flush_policy']}, "
             f"superpages {c['superpage']['policy']}, engine {c['engine']}, seed {self.seed}",
             f"  simulated {sim_ms:.3f} ms in {self.wall_time_s:.2f} s wall"

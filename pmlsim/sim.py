@@ -44,7 +44,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
         trace,
         pml_area,
         independent=independent_lanes(config, ept),
-        pml_enabled=config.tracking.mechanism == "pml",
+        pml_enabled=config.tracking.mechanism != "write-protect",
     )
     collector = Collector(env, config, hv, memory, trace) if config.collector.enabled else None
     migration = Migration(env, config, hv, guest, memory, trace) if config.migration.enabled else None
@@ -116,6 +116,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
         dirty_pages_reported=reported,
         superpages_split=st.superpages_split,
         logging_start_ns=int(end_state["logging_start_ns"]),
+        dirty_ring_max_used=max((ring.max_used for ring in hv.rings), default=0) if hv.rings else 0,
         superpages_recoalesced=int(end_state["recoalesced"]),
         ept_leaves_at_start=initial_leaves,
         ept_leaves_at_stop=int(end_state["leaves"]),

@@ -53,6 +53,8 @@ def scripted(
     costs: CostConfig | None = None,
     flush_interval_us: float = 1000.0,
     mechanism: str = "pml",
+    ring_entries: int = 4096,
+    reap_on_full: bool = True,
 ) -> SimConfig:
     """A config whose guest does exactly ``writes`` = [(time_ns, vcpu, gpa), ...]."""
     return SimConfig(
@@ -61,7 +63,7 @@ def scripted(
         guest=GuestConfig(memory_mib=memory_mib, vcpus=vcpus, layout=layout),
         pml=PmlConfig(buffer_entries=buffer_entries, flush_policy=policy, flush_interval_us=flush_interval_us),
         superpage=SuperpageConfig(policy=superpage),
-        tracking=TrackingConfig(mechanism=mechanism),
+        tracking=TrackingConfig(mechanism=mechanism, ring_entries=ring_entries, reap_on_full=reap_on_full),
         sync=SyncConfig(drain_pml=drain_pml, invept=invept),
         workload=WorkloadConfig(kind="script", script=writes),
         collector=CollectorConfig(enabled=True, interval_us=collect_every_us),

@@ -32,12 +32,15 @@ class VmExit(enum.Enum):
     EPT_VIOLATION = "ept_violation"  #: a write to a write-protected leaf (superpage under logging)
     KICK = "kick"  #: an IPI from the hypervisor (sync, periodic flush)
     PAUSE = "pause"  #: the hypervisor deschedules the vCPU (domain_pause, stop-and-copy)
+    DIRTY_RING_FULL = "dirty_ring_full"  #: the vCPU's dirty ring reached its soft limit
 
 
 class State(enum.Enum):
     RUNNING = "running"
     IN_EXIT = "in_exit"
     PAUSED = "paused"
+    #: out in userspace after KVM_EXIT_DIRTY_RING_FULL, until the consumer resets the ring
+    RING_FULL = "ring_full"
 
 
 class Vcpu:
@@ -109,6 +112,15 @@ class Vcpu:
         yield self.env.timeout(cost_ns)
         if self.pause_requested:
             self._pause()
+        elif self.hv.ring_soft_full(self):
+            # kvm_dirty_ring_check_request at the next entry: exit to userspace
+            self.state = State.RING_FULL
+            self.exits[VmExit.DIRTY_RING_FULL.value] += 1
+            self.hv.trace.emit(self.env.now, "vm_exit", self.index, reason=VmExit.DIRTY_RING_FULL.value)
+            if self.hv.config.tracking.reap_on_full:
+                yield from self.hv.reap_rings()  # the vCPU thread reaps, then re-enters
+                if self.state is State.RING_FULL:
+                    self._enter()
         else:
             self._enter()
 
@@ -122,6 +134,8 @@ class Vcpu:
         self.pause_requested = True
         if self.paused.triggered:
             self.paused = self.env.event()
+        if self.state is State.RING_FULL:  # already out of guest mode, waiting in userspace
+            self._pause()
 
     def unpause(self) -> None:
         self.pause_requested = False

@@ -40,6 +40,15 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
                 max_size=300,
             )
         )
+    mechanism = draw(st.sampled_from(["pml", "pml", "write-protect", "dirty-ring"]))
+    if mechanism == "dirty-ring" and superpage == "mark-whole":
+        superpage = "split-on-write"
+    buffer_entries = draw(st.sampled_from([1, 2, 7, 64, 512]))
+    tracking = TrackingConfig(
+        mechanism=mechanism,
+        ring_entries=buffer_entries + 64 + draw(st.sampled_from([1, 16, 4096])),
+        reap_on_full=draw(st.booleans()),
+    )
     if draw(st.booleans()):
         consumer = {
             "collector": CollectorConfig(enabled=True, interval_us=draw(st.sampled_from([3.0, 20.0, 100.0]))),
@@ -70,12 +79,12 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
         engine=engine,
         guest=GuestConfig(memory_mib=memory_mib, vcpus=vcpus, layout=layout, fraction_2m=0.5),
         pml=PmlConfig(
-            buffer_entries=draw(st.sampled_from([1, 2, 7, 64, 512])),
+            buffer_entries=buffer_entries,
             flush_policy=draw(st.sampled_from(["xen", "kvm", "periodic"])),
             flush_interval_us=draw(st.sampled_from([2.0, 15.0])),
         ),
         superpage=SuperpageConfig(policy=superpage, recoalesce_on_stop=draw(st.booleans())),
-        tracking=TrackingConfig(mechanism=draw(st.sampled_from(["pml", "pml", "write-protect"]))),
+        tracking=tracking,
         sync=SyncConfig(drain_pml=drain, invept=invept),
         workload=WorkloadConfig(
             kind=kind,
