@@ -1,5 +1,6 @@
-"""Study: PML against write protection (the pre-PML baseline: every first write per round takes
-an EPT violation): guest overhead and migration time as the guest writes faster.
+"""Study: PML (into the bitmap, or into KVM's dirty rings) against write protection (the pre-PML
+baseline: every first write per round takes an EPT violation): guest overhead and migration
+time as the guest writes faster.
 
     python experiments/pml_vs_wp.py [--jobs 2]       # writes experiments/out/pml_vs_wp*.{csv,png}
 """
@@ -16,7 +17,7 @@ BASE = {
 }
 FACTORS = {
     "workload.writes_per_s_per_vcpu": [1e5, 3e5, 1e6, 3e6],
-    "tracking.mechanism": ["pml", "write-protect"],
+    "tracking.mechanism": ["pml", "dirty-ring", "write-protect"],
 }
 
 if __name__ == "__main__":
