@@ -26,7 +26,7 @@ SHARINGS = ("partitioned", "shared")
 ENGINES = ("fast", "reference")
 STOP_RULES = ("qemu", "xen")
 REARM_MODES = ("before-send", "after-send")
-MECHANISMS = ("pml", "write-protect", "dirty-ring")
+MECHANISMS = ("pml", "write-protect", "dirty-ring", "hdbss")
 #: KVM_DIRTY_RING_RSVD_ENTRIES: ring entries kept free besides a whole PML buffer
 RING_RESERVE = 64
 MAX_VCPUS = 64  # the TLB model keeps one bit per vCPU in a 64-bit mask
@@ -207,6 +207,8 @@ class TrackingConfig:
     #: ``dirty-ring``: PML, but each vCPU's drained entries go to its own ring
     #: (KVM_CAP_DIRTY_LOG_RING) instead of the shared bitmap
     mechanism: str = _field("pml", _choice(MECHANISMS), "tracking.mechanism")
+    #: ``hdbss``: Arm FEAT_HDBSS semantics: entries hold the block-aligned IPA and its level,
+    #: the index counts up, a full buffer makes the write fault (``pml.buffer_entries`` sizes it)
     #: dirty ring: entries per vCPU ring (QEMU's dirty-ring-size; KVM wants a power of two)
     ring_entries: int = _field(4096, _int_range(1, 1 << 24), "tracking.ring_entries")
     #: dirty ring: on KVM_EXIT_DIRTY_RING_FULL the vCPU thread reaps every ring into the VMM's

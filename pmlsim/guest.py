@@ -36,7 +36,7 @@ import simpy
 
 from pmlsim.ept import Ept
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory, first_occurrence, stable_order
-from pmlsim.pml import PmlArea
+from pmlsim.pml import PmlArea, hdbss_entries
 from pmlsim.trace import Trace
 from pmlsim.vcpu import Vcpu, VmExit
 from pmlsim.workloads import WriteStream
@@ -80,6 +80,7 @@ class Guest:
         pml_area: PmlArea,
         independent: bool = False,
         pml_enabled: bool = True,
+        hdbss: bool = False,
     ):
         self.env = env
         self.ept = ept
@@ -92,6 +93,9 @@ class Guest:
         self.independent = independent
         #: the CPU logs first writes (PML); False under write protection
         self.pml_enabled = pml_enabled
+        #: Arm HDBSS instead of Intel PML: block-aligned entries, index up, full write faults
+        self.hdbss = hdbss
+        self.full_reason = VmExit.HDBSS_FULL if hdbss else VmExit.PML_FULL
         nv = len(vcpus)
         self._t = [np.zeros(0, np.int64) for _ in range(nv)]
         self._g = [np.zeros(0, np.int64) for _ in range(nv)]
@@ -181,6 +185,18 @@ class Guest:
         self.env.schedule(ev, WRITE_PRIORITY, t - self.env.now)
         return ev
 
+    def _entries(self, gfns: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+        """What the CPU writes into the log for writes to ``gfns`` through ``leaves``."""
+        if self.hdbss:
+            return hdbss_entries(self.ept.leaf_base[leaves], self.ept.leaf_pages[leaves])
+        return gfns << 12  # PML: the 4 KiB-aligned GPA of the access, whatever the leaf
+
+    def _index_detail(self, vc: Vcpu, idx: int) -> dict:
+        """The log index as software sees it: PML counts down from size-1, HDBSS up from 0."""
+        if self.hdbss:
+            return {"hdbss_index": vc.pml.size - 1 - idx}
+        return {"pml_index": idx & 0xFFFF}
+
     def _peek(self) -> int:
         t = self.env.peek()
         return NO_EVENT if t == float("inf") else int(t)
@@ -238,14 +254,14 @@ class Guest:
                 kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
             else:
                 if vc.pml.full:
-                    vc.vm_exit(VmExit.PML_FULL, g)  # the write does not happen; retried later
+                    vc.vm_exit(self.full_reason, g)  # the write does not happen; retried later
                     continue
                 ept.d_bit[leaf] = True
-                idx = vc.pml.log(g << 12, t)
+                idx = vc.pml.log(self._entries(np.array([g]), np.array([leaf]))[0], t)
                 vc.logged += 1
                 kind = LOGGED
                 if trace.enabled:
-                    trace.emit(t, "write_logged", v, g, pml_index=idx & 0xFFFF)
+                    trace.emit(t, "write_logged", v, g, **self._index_detail(vc, idx))
             ept.tlb_dirty[leaf] |= vbit
             mem.retire_one(g, v, t, kind)
             vc.writes += 1
@@ -331,7 +347,7 @@ class Guest:
         pending: then a vCPU's logging depends only on its own writes, and its PML-full exits
         only on itself."""
         hv = self.vcpus[0].hv
-        if not self.independent or hv.faults.drop_drained_entry is not None or hv.rings is not None:
+        if not self.independent or hv.faults.drop_drained_entry is not None or hv.rings is not None or self.hdbss:
             return False
         return all(self.vcpus[v].speed_pct == 100 and not self.vcpus[v].pause_requested for _, v, _ in parts)
 
@@ -616,7 +632,7 @@ class Guest:
             free = np.fromiter((vc.pml.free for vc in self.vcpus), np.int64, nv)
             over = np.flatnonzero(rank >= free[log_v])
             if len(over) and log_pos[over[0]] < cut:
-                cut, reason = int(log_pos[over[0]]), VmExit.PML_FULL
+                cut, reason = int(log_pos[over[0]]), self.full_reason
             keep = log_pos < cut
             log_pos, log_v, rank = log_pos[keep], log_v[keep], rank[keep]
         if self._reads:
@@ -654,7 +670,7 @@ class Guest:
             # PML entries of every vCPU at once: entry k of a vCPU goes to its index minus k
             top = np.fromiter((vc.pml.pml_index for vc in self.vcpus), np.int64, nv)
             idx = top[log_v] - rank
-            self.pml_area.gpa[log_v, idx] = G[log_pos] << 12
+            self.pml_area.gpa[log_v, idx] = self._entries(G[log_pos], leaf[log_pos])
             self.pml_area.log_time_ns[log_v, idx] = T[log_pos]
         for v in np.flatnonzero(counts).tolist():
             vc = self.vcpus[v]
@@ -666,5 +682,6 @@ class Guest:
             self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * lc / c, 1e-4)
         if self.trace.enabled:
             for p, i in zip(log_pos.tolist(), idx.tolist() if len(log_pos) else [], strict=True):
-                self.trace.emit(int(T[p]), "write_logged", int(V[p]), int(G[p]), pml_index=i & 0xFFFF)
+                vc = self.vcpus[int(V[p])]
+                self.trace.emit(int(T[p]), "write_logged", int(V[p]), int(G[p]), **self._index_detail(vc, i))
         return cut, reason

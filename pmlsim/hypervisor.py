@@ -21,6 +21,7 @@ import simpy
 from pmlsim.config import RING_RESERVE, SimConfig
 from pmlsim.dirty_log import DirtyBitmap, DirtyRing
 from pmlsim.ept import LEAF_NAMES, Ept
+from pmlsim.pml import hdbss_gfns
 from pmlsim.trace import Trace
 from pmlsim.vcpu import State, Vcpu, VmExit
 
@@ -87,6 +88,8 @@ class Hypervisor:
         self.superpage_policy = config.superpage.policy
         #: write protection instead of PML: every first write faults, nothing is logged
         self.write_protect = config.tracking.mechanism == "write-protect"
+        #: Arm HDBSS: drained entries name whole blocks
+        self.hdbss = config.tracking.mechanism == "hdbss"
         #: dirty ring: drained GFNs go to the vCPU's own ring, harvested by the consumer's sync
         self.rings = (
             [DirtyRing(config.tracking.ring_entries, RING_RESERVE + config.pml.buffer_entries) for _ in vcpus]
@@ -140,7 +143,7 @@ class Hypervisor:
         self.trace.emit(now, "vm_exit", vcpu.index, gfn, reason=reason.value)
         cost = self.costs.exit_roundtrip_ns
         # KVM drains at the start of every exit; Xen only on PML-full
-        if reason is VmExit.PML_FULL or (drain and self.drains_on_every_exit()):
+        if reason in (VmExit.PML_FULL, VmExit.HDBSS_FULL) or (drain and self.drains_on_every_exit()):
             cost += self.drain(vcpu)
         if reason is VmExit.EPT_VIOLATION:
             cost += self.costs.ept_violation_ns + self._write_fault(gfn, vcpu)
@@ -207,7 +210,9 @@ class Hypervisor:
     def drain_entries(self, vcpu: Vcpu, gpas: np.ndarray, times: np.ndarray, now: int) -> int:
         """Put drained entries (in write order) into the dirty bitmap at time ``now``. Returns ns."""
         n = len(gpas)
-        gfns = gpas >> 12
+        gfns = hdbss_gfns(gpas) if self.hdbss else gpas >> 12
+        if self.hdbss and len(gfns) != n:
+            times = np.repeat(times, [len(hdbss_gfns(g[None])) for g in gpas])  # a block's pages
         if self.faults.drop_drained_entry is not None:
             k = self.faults.drop_drained_entry - self._drained_so_far
             if 0 <= k < n:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 
-PAGE_MASK = ~0xFFF
-
 
 class PmlArea:
     """The PML pages of every vCPU, one row each (lets the fast engine log for all at once)."""
@@ -56,7 +54,7 @@ class PmlBuffer:
     def log(self, gpa: int, t_ns: int) -> int:
         """Write one entry (the caller has checked :attr:`full`). Returns the index used."""
         i = self.pml_index
-        self.gpa[i] = gpa & PAGE_MASK
+        self.gpa[i] = gpa  # the caller's entry: a 4 KiB-aligned GPA (PML) or an HDBSS entry
         self.log_time_ns[i] = t_ns
         self.pml_index = i - 1
         return i
@@ -67,7 +65,7 @@ class PmlBuffer:
         assert n <= self.free
         top = self.pml_index
         idx = np.arange(top, top - n, -1)
-        self.gpa[idx] = gpas & PAGE_MASK
+        self.gpa[idx] = gpas
         self.log_time_ns[idx] = t_ns
         self.pml_index = top - n
         return idx
@@ -90,3 +88,23 @@ class PmlBuffer:
         keep[position] = False
         self.pml_index = self.size - 1
         self.log_many(gpa[keep], t[keep])
+
+
+#: HDBSS entry: ``[55:12]`` IPA aligned to the block, ``[3:1]`` TTWL (the level), ``[0]`` valid
+HDBSS_TTWL = {1: 3, 512: 2, 512 * 512: 1}  # 4 KiB page: level 3; 2 MiB block: 2; 1 GiB: 1
+HDBSS_PAGES = {3: 1, 2: 512, 1: 512 * 512}
+
+
+def hdbss_entries(leaf_base_gfn: np.ndarray, leaf_pages: np.ndarray) -> np.ndarray:
+    """HDBSS entries for writes that dirtied these leaves (Arm ARM D8.5.2.3)."""
+    ttwl = np.where(leaf_pages == 1, 3, np.where(leaf_pages == 512, 2, 1))
+    return (leaf_base_gfn << 12) | (ttwl << 1) | 1
+
+
+def hdbss_gfns(entries: np.ndarray) -> np.ndarray:
+    """Every 4 KiB GFN an HDBSS entry reports (the whole block for a block entry)."""
+    base = entries >> 12
+    pages = np.where(((entries >> 1) & 7) == 3, 1, np.where(((entries >> 1) & 7) == 2, 512, 512 * 512))
+    if np.all(pages == 1):
+        return base
+    return np.concatenate([np.arange(b, b + p, dtype=np.int64) for b, p in zip(base, pages, strict=True)])

@@ -142,6 +142,7 @@ class Result:
                 "dirty-ring": f"PML {p['buffer_entries']} entries into dirty rings of"
                 f" {c['tracking']['ring_entries']}, ",
                 "write-protect": "write protection (no PML), ",
+                "hdbss": f"Arm HDBSS {p['buffer_entries']} entries, ",
             }[c["tracking"]["mechanism"]]
             + f"flush policy {p['flush_policy']}, "
             f"superpages {c['superpage']['policy']}, engine {c['engine']}, seed {self.seed}",

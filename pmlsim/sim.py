@@ -45,6 +45,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
         pml_area,
         independent=independent_lanes(config, ept),
         pml_enabled=config.tracking.mechanism != "write-protect",
+        hdbss=config.tracking.mechanism == "hdbss",
     )
     collector = Collector(env, config, hv, memory, trace) if config.collector.enabled else None
     migration = Migration(env, config, hv, guest, memory, trace) if config.migration.enabled else None

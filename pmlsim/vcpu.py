@@ -33,6 +33,7 @@ class VmExit(enum.Enum):
     KICK = "kick"  #: an IPI from the hypervisor (sync, periodic flush)
     PAUSE = "pause"  #: the hypervisor deschedules the vCPU (domain_pause, stop-and-copy)
     DIRTY_RING_FULL = "dirty_ring_full"  #: the vCPU's dirty ring reached its soft limit
+    HDBSS_FULL = "hdbss_full"  #: Arm: a write found the HDBSS buffer full (permission fault, HDBSSF)
 
 
 class State(enum.Enum):

@@ -40,7 +40,7 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
                 max_size=300,
             )
         )
-    mechanism = draw(st.sampled_from(["pml", "pml", "write-protect", "dirty-ring"]))
+    mechanism = draw(st.sampled_from(["pml", "pml", "write-protect", "dirty-ring", "hdbss"]))
     if mechanism == "dirty-ring" and superpage == "mark-whole":
         superpage = "split-on-write"
     buffer_entries = draw(st.sampled_from([1, 2, 7, 64, 512]))
