@@ -26,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     run.add_argument("--trace", metavar="FILE", help="write every model event to FILE (.csv or .jsonl)")
+    cp = sub.add_parser("compare", help="run the same workload and seed under each tracking mechanism")
+    cp.add_argument("config", nargs="?", help="TOML config file")
+    cp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    cp.add_argument(
+        "--mechanisms", default="pml,write-protect,dirty-ring,hdbss", help="comma-separated (default: all four)"
+    )
     sw = sub.add_parser("sweep", help="run a parameter sweep; resumable, one row per point and replication")
     sw.add_argument("spec", help="sweep spec (TOML): base, factors, replications, seed")
     sw.add_argument("--out", required=True, help="results file: .csv (default) or .parquet")
@@ -120,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "compare":
+            from pmlsim.compare import compare, parse_mechanisms, table
+
+            mechanisms = parse_mechanisms(args.mechanisms)
+            print(table(compare(load_config(args.config, args.overrides), mechanisms)))
+            return 0
         if args.command == "plot":
             return _plot(args)
         if args.command == "tune":
