@@ -38,13 +38,30 @@ class Collection:
 
 
 class Collector:
-    def __init__(self, env: simpy.Environment, config: SimConfig, hv: Hypervisor, memory: GuestMemory, trace: Trace):
+    def __init__(
+        self,
+        env: simpy.Environment,
+        config: SimConfig,
+        hv: Hypervisor,
+        memory: GuestMemory,
+        trace: Trace,
+        name: str = "collector",
+        interval_us: float | None = None,
+        pages: tuple[int, int] | None = None,
+    ):
         self.env = env
         self.config = config
         self.hv = hv
         self.memory = memory
         self.trace = trace
-        self.copy = ConsumerCopy(config, hv, memory, trace)
+        self.name = name
+        self.interval_us = config.collector.interval_us if interval_us is None else interval_us
+        #: GFNs ``[first, end)`` this consumer tracks (VRAM tracking), or all of memory
+        self.pages = pages or (0, len(memory.version))
+        hv.bitmap.view(name, *self.pages)
+        self.copy = ConsumerCopy(config, hv, memory, trace, pages=self.pages, consumer=name)
+        #: a collection in progress (the driver waits for it before a last collection)
+        self.idle: simpy.Event = env.event().succeed()
         self._prev_read: MemorySnapshot | None = None
         self._this_read: MemorySnapshot | None = None
         self.collections: list[Collection] = []
@@ -54,7 +71,7 @@ class Collector:
 
     def run(self, duration_ns: int):
         """Collect every ``interval_us`` until ``duration_ns``, then a final stopped collection."""
-        interval = max(1, round(self.config.collector.interval_us * 1000))
+        interval = max(1, round(self.interval_us * 1000))
         k = 1
         while k * interval < duration_ns:
             if self.env.now < k * interval:
@@ -71,7 +88,8 @@ class Collector:
 
     def collect(self, final: bool):
         """One collection: sync, take the collected pages' versions, verify."""
-        rec = yield from self.hv.sync(final=final, on_read=self._on_read)
+        self.idle = self.env.event()
+        rec = yield from self.hv.sync(final=final, on_read=self._on_read, consumer=self.name)
         self.copy.note_sync(rec)
         pages = rec.collected
         copy = self.copy.version
@@ -97,6 +115,7 @@ class Collector:
         self.trace.emit(self.env.now, "collect", pages=len(pages), late=late, lost=lost)
         if rec.paused and not final:
             self.hv.unpause_all()
+        self.idle.succeed()
 
 
 __all__ = ["Collection", "Collector", "LostPage"]

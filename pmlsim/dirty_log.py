@@ -1,4 +1,5 @@
-"""The hypervisor's dirty bitmap: one bit per 4 KiB GFN, shared by the whole guest."""
+"""The hypervisor's dirty log: a bitmap (one bit per 4 KiB GFN) per consumer, every one fed by
+the same drains, so that no consumer can take another's dirty state; and KVM's dirty rings."""
 
 from __future__ import annotations
 
@@ -22,6 +23,36 @@ class DirtyBitmap:
 
     def count(self) -> int:
         return int(np.count_nonzero(self.bits))
+
+
+class DirtyLog:
+    """Every consumer's view of the dirty state: drains and software marks reach them all.
+
+    A view may cover a GFN range only (VRAM tracking reads ``[first, end)``, like Xen's
+    ``hap_track_dirty_vram``). Reading and clearing one view leaves the others as they were."""
+
+    def __init__(self, n_pages: int):
+        self.n_pages = n_pages
+        self.views: dict[str, DirtyBitmap] = {}
+        self._ranges: dict[str, tuple[int, int]] = {}
+
+    def view(self, consumer: str, first: int = 0, end: int | None = None) -> DirtyBitmap:
+        """Register (or get) ``consumer``'s bitmap, covering GFNs ``[first, end)``."""
+        if consumer not in self.views:
+            self.views[consumer] = DirtyBitmap(self.n_pages)
+            self._ranges[consumer] = (first, self.n_pages if end is None else end)
+        return self.views[consumer]
+
+    def mark(self, gfns: np.ndarray) -> None:
+        for name, bitmap in self.views.items():
+            first, end = self._ranges[name]
+            if first == 0 and end == self.n_pages:
+                bitmap.mark(gfns)
+            else:
+                bitmap.mark(gfns[(gfns >= first) & (gfns < end)])
+
+    def read_and_clear(self, consumer: str) -> np.ndarray:
+        return self.view(consumer).read_and_clear()
 
 
 class DirtyRing:

@@ -19,7 +19,7 @@ import numpy as np
 import simpy
 
 from pmlsim.config import RING_RESERVE, SimConfig
-from pmlsim.dirty_log import DirtyBitmap, DirtyRing
+from pmlsim.dirty_log import DirtyLog, DirtyRing
 from pmlsim.ept import LEAF_NAMES, Ept
 from pmlsim.pml import hdbss_gfns
 from pmlsim.trace import Trace
@@ -77,7 +77,7 @@ class Hypervisor:
         config: SimConfig,
         ept: Ept,
         vcpus: list[Vcpu],
-        bitmap: DirtyBitmap,
+        bitmap: DirtyLog,
         trace: Trace,
         faults: Faults | None = None,
     ):
@@ -104,6 +104,7 @@ class Hypervisor:
         self.faults = faults or Faults()
         self.stats = HypervisorStats()
         self._drained_so_far = 0
+        self._pause_depth = 0
         for v in vcpus:
             v.hv = self
 
@@ -263,7 +264,11 @@ class Hypervisor:
             vcpu.vm_exit(reason, drain=reason is VmExit.KICK or self.sync_config.drain_pml)
 
     def pause_all(self):
-        """``domain_pause``: stop every vCPU and wait until all are stopped (a generator)."""
+        """``domain_pause``: stop every vCPU and wait until all are stopped (a generator).
+
+        Pauses nest, as Xen's ``pause_count``: the vCPUs run again when every pauser has
+        unpaused (two consumers may pause at once)."""
+        self._pause_depth += 1
         waits = []
         for v in self.vcpus:
             v.request_pause()
@@ -275,6 +280,9 @@ class Hypervisor:
             yield simpy.AllOf(self.env, waits)
 
     def unpause_all(self) -> None:
+        self._pause_depth -= 1
+        if self._pause_depth > 0:
+            return
         for v in self.vcpus:
             v.unpause()
 
@@ -304,14 +312,15 @@ class Hypervisor:
             if costs.invept_ns:
                 yield env.timeout(costs.invept_ns)
 
-    def sync(self, final: bool = False, on_read=None, rearm: bool = True):
+    def sync(self, final: bool = False, on_read=None, rearm: bool = True, consumer: str = "main"):
         """One dirty-log sync (a generator returning a :class:`SyncRecord`).
 
         Xen (and every final sync): pause all vCPUs, drain every buffer, read and clear the
         bitmap, clear the D bits of the collected pages, INVEPT; the caller unpauses.
         KVM/periodic: kick every vCPU without waiting, then read, clear D, INVEPT.
         ``on_read`` is called at the instant the bitmap is read. ``rearm=False`` leaves the
-        collected pages dirty for the caller to :meth:`rearm` later.
+        collected pages dirty for the caller to :meth:`rearm` later. ``consumer`` names the view
+        of the dirty log that is read and cleared (every drain feeds every view).
         """
         env, costs, sc = self.env, self.costs, self.sync_config
         rec = SyncRecord(start_ns=env.now)
@@ -333,12 +342,11 @@ class Hypervisor:
         rec.in_flight_entries = len(rec.in_flight_gfns)
         if on_read is not None:
             on_read(env.now)
-        collected = self.bitmap.read_and_clear()
         if self.rings is not None:
             # harvest every ring (entries marked F_RESET) and reset them: KVM_RESET_DIRTY_RINGS;
-            # what an earlier reap moved into the VMM's bitmap comes with them
-            harvested = [r.harvest_and_reset() for r in self.rings]
-            collected = np.unique(np.concatenate([collected, *harvested]))
+            # the VMM puts them in every consumer's view, then reads its own
+            self.bitmap.mark(np.unique(np.concatenate([r.harvest_and_reset() for r in self.rings])))
+        collected = self.bitmap.read_and_clear(consumer)
         rec.collected = collected
         if self.trace.enabled:
             self.trace.emit(

@@ -97,7 +97,8 @@ class Migration:
         self.memory = memory
         self.trace = trace
         # the destination starts empty: a page never received is -1, older than any version
-        self.dest = ConsumerCopy(config, hv, memory, trace, initial_version=-1)
+        self.dest = ConsumerCopy(config, hv, memory, trace, initial_version=-1, consumer="migration")
+        hv.bitmap.view("migration")
         self.dest.rearms_after_taking = self.mc.rearm == "after-send"
         n = len(memory.version)
         self.n_pages = n
@@ -219,7 +220,9 @@ class Migration:
     def _sync(self, final: bool = False):
         """Sync the dirty log, queue what it found, and close the round."""
         env = self.env
-        rec: SyncRecord = yield from self.hv.sync(final=final, rearm=self.mc.rearm == "before-send")
+        rec: SyncRecord = yield from self.hv.sync(
+            final=final, rearm=self.mc.rearm == "before-send", consumer="migration"
+        )
         if rec.paused and not final:
             self.hv.unpause_all()  # Xen's sync paused the domain; the domctl returns
         self.dest.note_sync(rec)

@@ -8,7 +8,7 @@ import simpy
 
 from pmlsim.collector import Collector
 from pmlsim.config import SimConfig
-from pmlsim.dirty_log import DirtyBitmap
+from pmlsim.dirty_log import DirtyLog
 from pmlsim.ept import Ept
 from pmlsim.guest import Guest
 from pmlsim.hypervisor import Faults, Hypervisor
@@ -31,7 +31,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
     ept = Ept(n_pages, guest_cfg.leaf_ranges())
     pml_area = PmlArea(guest_cfg.vcpus, config.pml.buffer_entries)
     vcpus = [Vcpu(env, i, config.pml.buffer_entries, pml_area) for i in range(guest_cfg.vcpus)]
-    bitmap = DirtyBitmap(n_pages)
+    bitmap = DirtyLog(n_pages)
     memory = GuestMemory(n_pages)
     initial_leaves = ept.leaf_count()
     hv = Hypervisor(env, config, ept, vcpus, bitmap, trace, faults)

@@ -36,6 +36,8 @@ class LostPage:
     version: int
     cause: str
     detected_ns: int
+    #: which consumer lost it (migration, collector, checkpoint, vram)
+    consumer: str = ""
 
     def to_dict(self) -> dict:
         return attrs.asdict(self)
@@ -44,7 +46,19 @@ class LostPage:
 class ConsumerCopy:
     """The versions a consumer holds, and the lost pages found by comparing them."""
 
-    def __init__(self, config: SimConfig, hv: Hypervisor, memory: GuestMemory, trace: Trace, initial_version: int = 0):
+    def __init__(
+        self,
+        config: SimConfig,
+        hv: Hypervisor,
+        memory: GuestMemory,
+        trace: Trace,
+        initial_version: int = 0,
+        pages: tuple[int, int] | None = None,
+        consumer: str = "",
+    ):
+        #: only GFNs ``[first, end)`` are this consumer's to hold (VRAM tracking: its range)
+        self.pages = pages
+        self.consumer = consumer
         self.config = config
         self.hv = hv
         self.memory = memory
@@ -73,6 +87,8 @@ class ConsumerCopy:
         ``snap`` names the last writers when ``required`` is a snapshot's versions; otherwise
         they are read from guest memory now."""
         bad = np.flatnonzero((self.version < required) & (required > self._reported))
+        if self.pages is not None:
+            bad = bad[(bad >= self.pages[0]) & (bad < self.pages[1])]
         src = snap if snap is not None else self.memory
         for g in bad:
             g = int(g)
@@ -87,6 +103,7 @@ class ConsumerCopy:
                     else self.cause(g, int(src.last_kind[g]), int(src.last_time_ns[g]))
                 ),
                 detected_ns=int(now_ns),
+                consumer=self.consumer,
             )
             self.lost.append(lp)
             self.trace.emit(now_ns, "lost_page", lp.vcpu, g, cause=lp.cause, write_time_ns=lp.write_time_ns)

@@ -115,6 +115,7 @@ def test_json_reports_lost_examples_with_gfn_vcpu_time_and_cause(tmp_path):
         "version": 1,
         "cause": "superpage-naive",
         "detected_ns": 0,
+        "consumer": "collector",
     }
 
 
