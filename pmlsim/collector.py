@@ -62,6 +62,8 @@ class Collector:
         self.copy = ConsumerCopy(config, hv, memory, trace, pages=self.pages, consumer=name)
         #: a collection in progress (the driver waits for it before a last collection)
         self.idle: simpy.Event = env.event().succeed()
+        #: set when another consumer ends the run: no new periodic collection starts
+        self.stopping = False
         self._prev_read: MemorySnapshot | None = None
         self._this_read: MemorySnapshot | None = None
         self.collections: list[Collection] = []
@@ -76,11 +78,21 @@ class Collector:
         while k * interval < duration_ns:
             if self.env.now < k * interval:
                 yield self.env.timeout(k * interval - self.env.now)
+                if self.stopping:
+                    return
                 yield from self.collect(final=False)
             k += 1
         if self.env.now < duration_ns:
             yield self.env.timeout(duration_ns - self.env.now)
+        if self.stopping:
+            return
         self.stall_at_end = [v.stall_until(self.env.now) for v in self.hv.vcpus]
+        yield from self.collect(final=True)
+
+    def finish(self):
+        """Another consumer ended the run (a migration): a last, stopped collection."""
+        self.stopping = True
+        yield self.idle
         yield from self.collect(final=True)
 
     def _on_read(self, t_ns: int) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from pmlsim.checkpoint import CheckpointResult
 from pmlsim.collector import Collection
 from pmlsim.migration import MigrationResult
 from pmlsim.verify import LostPage
@@ -55,6 +56,9 @@ class Result:
     collections: tuple[Collection, ...]
     per_vcpu: tuple[dict[str, Any], ...]
     migration: MigrationResult | None = None
+    checkpoint: CheckpointResult | None = None
+    #: VRAM tracking: polls, pages reported, late and lost pages
+    vram: dict[str, int] | None = None
 
     @property
     def lost_pages(self) -> int:
@@ -96,6 +100,8 @@ class Result:
             "lost_examples": [lp.to_dict() for lp in self.lost[:LOST_EXAMPLES]],
             "per_vcpu": list(self.per_vcpu),
             "migration": self.migration.to_dict() if self.migration else None,
+            "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
+            "vram": self.vram,
         }
 
     def to_json(self) -> str:
@@ -171,6 +177,18 @@ class Result:
             )
         if self.migration is not None:
             lines += self._migration_lines()
+        if self.checkpoint is not None:
+            ck = self.checkpoint
+            lines.append(
+                f"  checkpoints         {len(ck.epochs):>14,}  (pause mean {ck.pause_mean_ns / 1e3:.1f} us,"
+                f" max {ck.pause_max_ns / 1e3:.1f} us; {ck.pages_copied:,} pages copied; {ck.lost_pages} lost)"
+            )
+        if self.vram is not None:
+            vr = self.vram
+            lines.append(
+                f"  VRAM polls          {vr['polls']:>14,}  ({vr['pages']:,} pages reported, {vr['late_pages']:,} late,"
+                f" {vr['lost_pages']} lost)"
+            )
         if not self.verified:
             why = "migration did not converge" if self.migration else "no dirty-log consumer"
             lines.append(f"  verification        not run ({why})")

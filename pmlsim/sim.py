@@ -6,8 +6,9 @@ import time
 
 import simpy
 
+from pmlsim.checkpoint import Checkpointer
 from pmlsim.collector import Collector
-from pmlsim.config import SimConfig
+from pmlsim.config import PAGES_PER_MIB, SimConfig
 from pmlsim.dirty_log import DirtyLog
 from pmlsim.ept import Ept
 from pmlsim.guest import Guest
@@ -48,6 +49,15 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
         hdbss=config.tracking.mechanism == "hdbss",
     )
     collector = Collector(env, config, hv, memory, trace) if config.collector.enabled else None
+    checkpointer = Checkpointer(env, config, hv, memory, trace) if config.checkpoint.enabled else None
+    vram = None
+    if config.vram.enabled:
+        first = config.vram.start_mib * PAGES_PER_MIB
+        vram = Collector(
+            env, config, hv, memory, trace, name="vram", interval_us=config.vram.interval_ms * 1000,
+            pages=(first, first + config.vram.size_mib * PAGES_PER_MIB),
+        )  # fmt: skip
+    side = [c for c in (collector, checkpointer, vram) if c is not None]
     migration = Migration(env, config, hv, guest, memory, trace) if config.migration.enabled else None
     duration = config.duration_ns
     end_state: dict[str, object] = {}
@@ -55,18 +65,19 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
     def run():
         """Logging starts at t=0; the consumer runs to the end; then logging stops."""
         end_state["logging_start_ns"] = hv.start_logging()
+        procs = [env.process(c.run(duration)) for c in side]
         if migration is not None:
             yield from migration.run(duration)
             end_state["stall"] = migration.stall_at_pause
             end_state["run_ns"] = migration.guest_run_end_ns
-        elif collector is not None:
-            yield from collector.run(duration)
-            end_state["stall"] = collector.stall_at_end
-            end_state["run_ns"] = duration
+            for c in side:  # the migration ended the run: each consumer checks once more
+                yield from c.finish()
         else:
             yield env.timeout(duration)
             end_state["stall"] = [v.stall_until(env.now) for v in vcpus]
             end_state["run_ns"] = duration
+            if procs:
+                yield simpy.AllOf(env, procs)
         # what re-coalescing gives: the leaf entries left when logging stops, without and with
         end_state["leaves"] = ept.leaf_count()
         end_state["recoalesced"] = ept.recoalesce() if config.superpage.recoalesce_on_stop else 0
@@ -82,12 +93,15 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
 
     stall = end_state["stall"]
     run_ns = max(int(end_state["run_ns"]), 1)
-    consumer = collector.copy if collector else migration.dest if migration else None
+    copies = [c for c in (migration.dest if migration else None, *(x.copy for x in (collector, vram) if x)) if c]
+    if checkpointer is not None:
+        copies.append(checkpointer.backup)
+    lost = [lp for c in copies for lp in c.lost]
     if migration is not None:
         verified = migration.result.verified
         reported = sum(r.dirty_pages_found for r in migration.result.rounds)
     else:
-        verified = collector is not None
+        verified = bool(side)
         reported = collector.pages_collected if collector else 0
     exits: dict[str, int] = {}
     for v in vcpus:
@@ -124,9 +138,20 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
         ept_leaves_after_recoalescing=int(end_state["leaves_after"]),
         verified=verified,
         late_pages=collector.late_pages if collector else 0,
-        lost=tuple(consumer.lost) if consumer else (),
+        lost=tuple(lost),
         collections=tuple(collector.collections) if collector else (),
         migration=migration.result if migration else None,
+        checkpoint=checkpointer.result() if checkpointer else None,
+        vram=(
+            {
+                "polls": len(vram.collections),
+                "pages": vram.pages_collected,
+                "late_pages": vram.late_pages,
+                "lost_pages": len(vram.copy.lost),
+            }
+            if vram
+            else None
+        ),
         per_vcpu=tuple(
             {
                 "vcpu": v.index,

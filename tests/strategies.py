@@ -15,6 +15,7 @@ from pmlsim import (
     TrackingConfig,
     WorkloadConfig,
 )
+from pmlsim.config import CheckpointConfig, VramConfig
 
 SAFE_SUPERPAGE = ["mark-whole", "split-on-write", "eager-split"]
 
@@ -91,6 +92,12 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
             writes_per_s_per_vcpu=rate,
             sharing=draw(st.sampled_from(["partitioned", "shared"])),
             script=script,
+        ),
+        checkpoint=CheckpointConfig(
+            enabled=draw(st.sampled_from([False, False, True])), epoch_ms=draw(st.sampled_from([0.004, 0.03]))
+        ),
+        vram=VramConfig(
+            enabled=draw(st.sampled_from([False, False, True])), start_mib=1, size_mib=2, interval_ms=0.007
         ),
         **consumer,
     )

@@ -64,6 +64,6 @@ def test_a_dirty_ring_never_overflows_and_loses_nothing(config):
 
     r = simulate(config)
     assert r.dirty_ring_max_used <= config.tracking.ring_entries
-    if config.tracking.mechanism == "dirty-ring" and r.pml_entries_logged:
+    if config.tracking.mechanism == "dirty-ring" and r.flushed_entries:
         assert r.dirty_ring_max_used > 0
     assert r.lost == ()
