@@ -225,6 +225,10 @@ class SyncConfig:
     drain_pml: bool = _field(True, _bool, "sync.drain_pml")
     #: flush TLBs (INVEPT) after clearing D bits. False: stale TLB entries lose writes.
     invept: bool = _field(True, _bool, "sync.invept")
+    #: ``eager``: re-arm clears the collected pages' D bits at once (KVM); ``lazy``: Xen's
+    #: global type change: every leaf table is marked for recalculation, and the first write
+    #: into a table takes an EPT-misconfiguration exit that re-arms that table
+    rearm_style: str = _field("eager", _choice(("eager", "lazy")), "sync.rearm_style")
 
 
 @attrs.frozen
@@ -336,6 +340,8 @@ class CostConfig:
     kick_ipi_ns: int = _field(1500, _int_range(0, 10**9), "costs.kick_ipi_ns")
     invept_ns: int = _field(1000, _int_range(0, 10**9), "costs.invept_ns")
     rearm_per_page_ns: int = _field(20, _int_range(0, 10**9), "costs.rearm_per_page_ns")
+    #: an EPT-misconfiguration exit's handler (resolve_misconfig: recompute a leaf table)
+    ept_misconfig_ns: int = _field(2500, _int_range(0, 10**9), "costs.ept_misconfig_ns")
     bitmap_scan_per_64_pages_ns: int = _field(2, _int_range(0, 10**9), "costs.bitmap_scan_per_64_pages_ns")
 
 

@@ -47,6 +47,10 @@ class Ept:
         #: per leaf, bit v set when vCPU v caches the leaf as dirty in its TLB
         self.tlb_dirty = np.zeros(n_leaves, dtype=np.uint64)
         self.split = np.zeros(self.n_superpages, dtype=bool)
+        #: Xen lazy re-arm: per 512-page leaf table, marked for recalculation by a CLEAN
+        self.table_recalc = np.zeros((n_pages + 511) // 512, dtype=bool)
+        #: pages whose re-arm waits for their table's recalculation
+        self.rearm_pending = np.zeros(n_pages, dtype=bool)
 
     # ------------------------------------------------------------ queries
     def is_superpage(self, leaf: np.ndarray | int) -> np.ndarray | bool:

@@ -243,6 +243,9 @@ class Guest:
             leaf = int(ept.leaf_of_gfn[g])
             vbit = np.uint64(1) << np.uint64(v)
             held = bool(ept.tlb_dirty[leaf] & vbit)
+            if ept.table_recalc[g >> 9]:  # Xen lazy re-arm: the table is marked for recalc
+                vc.vm_exit(VmExit.EPT_MISCONFIG, g)
+                continue
             if not ept.w_bit[leaf] and not held:  # a TLB entry cached as writable skips the check
                 vc.vm_exit(VmExit.EPT_VIOLATION, g)
                 continue
@@ -348,6 +351,8 @@ class Guest:
         only on itself."""
         hv = self.vcpus[0].hv
         if not self.independent or hv.faults.drop_drained_entry is not None or hv.rings is not None or self.hdbss:
+            return False
+        if hv.sync_config.rearm_style == "lazy":  # misconfig exits cut windows (merged path)
             return False
         return all(self.vcpus[v].speed_pct == 100 and not self.vcpus[v].pause_requested for _, v, _ in parts)
 
@@ -612,6 +617,9 @@ class Guest:
         cut, reason = n, None
         if wp.any():
             cut, reason = int(np.argmax(wp)), VmExit.EPT_VIOLATION
+        recalc = ept.table_recalc[G >> 9]
+        if recalc.any() and int(np.argmax(recalc)) <= cut:  # checked before the permissions
+            cut, reason = int(np.argmax(recalc)), VmExit.EPT_MISCONFIG
         d0 = ~ept.d_bit[leaf]
         # writes that must set a D bit (and log): clean leaf, not cached dirty in this TLB
         cand = np.flatnonzero(d0[:cut] & ~held[:cut]) if self.pml_enabled else np.zeros(0, np.int64)

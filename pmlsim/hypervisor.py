@@ -148,6 +148,8 @@ class Hypervisor:
             cost += self.drain(vcpu)
         if reason is VmExit.EPT_VIOLATION:
             cost += self.costs.ept_violation_ns + self._write_fault(gfn, vcpu)
+        if reason is VmExit.EPT_MISCONFIG:
+            cost += self.costs.ept_misconfig_ns + self._recalc(gfn)
         return cost
 
     def reap_rings(self):
@@ -160,6 +162,17 @@ class Hypervisor:
         if len(gfns) and self.costs.pml_flush_per_entry_ns:
             yield self.env.timeout(len(gfns) * self.costs.pml_flush_per_entry_ns)
         yield from self.rearm(gfns)
+
+    def _recalc(self, gfn: int) -> int:
+        """Xen ``resolve_misconfig``: recompute the leaf table holding ``gfn``: its pages that a
+        CLEAN collected get D = 0 (and W = 0 without PML). Returns extra ns (none)."""
+        t = gfn >> 9
+        pages = np.arange(t * 512, min((t + 1) * 512, self.ept.n_pages))
+        todo = pages[self.ept.rearm_pending[pages]]
+        self.ept.rearm_pending[todo] = False
+        self.ept.table_recalc[t] = False
+        self.ept.clear_d_bits(todo, write_protect=self.write_protect)
+        return 0
 
     def ring_soft_full(self, vcpu: Vcpu) -> bool:
         return self.rings is not None and self.rings[vcpu.index].soft_full
@@ -300,6 +313,12 @@ class Hypervisor:
         """Re-arm logging for ``gfns`` (a generator): clear the D bits of their leaves (KVM
         ``kvm_mmu_clear_dirty_pt_masked``), then INVEPT so that no TLB still says dirty."""
         env, costs = self.env, self.costs
+        if self.sync_config.rearm_style == "lazy":
+            # Xen ept_change_entry_type_global: mark every table for recalc (the top level's
+            # entries only: O(1) here), re-arm each table at its first access (ept_handle_misconfig)
+            self.ept.rearm_pending[gfns] = True
+            self.ept.table_recalc[:] = True
+            gfns = gfns[:0]
         self.ept.clear_d_bits(gfns, write_protect=self.write_protect)
         if self.trace.enabled:
             self.trace.emit(env.now, "d_clear", pages=len(gfns), gfns=[int(g) for g in gfns])

@@ -55,6 +55,7 @@ def scripted(
     mechanism: str = "pml",
     ring_entries: int = 4096,
     reap_on_full: bool = True,
+    rearm_style: str = "eager",
 ) -> SimConfig:
     """A config whose guest does exactly ``writes`` = [(time_ns, vcpu, gpa), ...]."""
     return SimConfig(
@@ -64,7 +65,7 @@ def scripted(
         pml=PmlConfig(buffer_entries=buffer_entries, flush_policy=policy, flush_interval_us=flush_interval_us),
         superpage=SuperpageConfig(policy=superpage),
         tracking=TrackingConfig(mechanism=mechanism, ring_entries=ring_entries, reap_on_full=reap_on_full),
-        sync=SyncConfig(drain_pml=drain_pml, invept=invept),
+        sync=SyncConfig(drain_pml=drain_pml, invept=invept, rearm_style=rearm_style),
         workload=WorkloadConfig(kind="script", script=writes),
         collector=CollectorConfig(enabled=True, interval_us=collect_every_us),
         migration=MigrationConfig(enabled=False),

@@ -34,6 +34,7 @@ class VmExit(enum.Enum):
     PAUSE = "pause"  #: the hypervisor deschedules the vCPU (domain_pause, stop-and-copy)
     DIRTY_RING_FULL = "dirty_ring_full"  #: the vCPU's dirty ring reached its soft limit
     HDBSS_FULL = "hdbss_full"  #: Arm: a write found the HDBSS buffer full (permission fault, HDBSSF)
+    EPT_MISCONFIG = "ept_misconfig"  #: Xen lazy re-arm: first access to a table marked for recalc
 
 
 class State(enum.Enum):

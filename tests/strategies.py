@@ -27,6 +27,7 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
     memory_mib = draw(st.sampled_from([4, 8, 16]))
     superpage = draw(st.sampled_from(SAFE_SUPERPAGE if safe else [*SAFE_SUPERPAGE, "naive"]))
     drain, invept = (True, True) if safe else (draw(st.booleans()), draw(st.booleans()))
+    rearm_style = draw(st.sampled_from(["eager", "eager", "lazy"]))
     kind = draw(st.sampled_from(["uniform", "hotcold", "zipf", "sequential", "script"]))
     script = None
     if kind == "script":
@@ -86,7 +87,7 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
         ),
         superpage=SuperpageConfig(policy=superpage, recoalesce_on_stop=draw(st.booleans())),
         tracking=tracking,
-        sync=SyncConfig(drain_pml=drain, invept=invept),
+        sync=SyncConfig(drain_pml=drain, invept=invept, rearm_style=rearm_style),
         workload=WorkloadConfig(
             kind=kind,
             writes_per_s_per_vcpu=rate,
