@@ -215,6 +215,10 @@ class TrackingConfig:
     #: own dirty bitmap and resets them (QEMU ``kvm_dirty_ring_reap``); false: the vCPU waits
     #: until the consumer's next sync harvests the rings
     reap_on_full: bool = _field(True, _bool, "tracking.reap_on_full")
+    #: count the CPU's A/D updates of guest page tables as writes (EPT A/D on: SDM 28.2.4):
+    #: a write that misses the vCPU's TLB first walks the guest page tables (three pages, kept
+    #: at the top of guest memory), and each walk writes them
+    guest_pt_walks: bool = _field(False, _bool, "tracking.guest_pt_walks")
 
 
 @attrs.frozen
@@ -379,6 +383,17 @@ class SimConfig:
             raise ConfigError(
                 "superpage.policy", "mark-whole", "cannot be used with a dirty ring (a whole leaf would not fit)"
             )
+        if self.tracking.guest_pt_walks:
+            from pmlsim.ept import page_table_pages
+
+            pt_first = page_table_pages(self.guest.pages)[0]
+            if any(end > pt_first for _, end, _ in self.guest.leaf_ranges()):
+                raise ConfigError(
+                    "guest.layout",
+                    self.guest.layout,
+                    f"with tracking.guest_pt_walks the guest page tables (GFN {pt_first:#x} up) must be"
+                    " mapped by 4 KiB leaves: leave the end of memory out of superpage ranges",
+                )
         if self.vram.enabled and self.vram.start_mib + self.vram.size_mib > self.guest.memory_mib:
             raise ConfigError(
                 "vram.size_mib",

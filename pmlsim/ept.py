@@ -122,3 +122,20 @@ class Ept:
     def invept(self) -> None:
         """INVEPT (single context): every vCPU's cached EPT translations are dropped."""
         self.tlb_dirty[:] = 0
+
+
+def page_table_pages(n_pages: int) -> tuple[int, int, int]:
+    """Where the guest page tables live: (first GFN of the area, level-1 tables, level-2 tables).
+
+    One level-1 table maps 512 pages (2 MiB), one level-2 table 512 level-1 tables (1 GiB), and
+    one root; they occupy the last pages of guest memory."""
+    n_pt = (n_pages + 511) // 512
+    n_pd = (n_pt + 511) // 512
+    return n_pages - n_pt - n_pd - 1, n_pt, n_pd
+
+
+def walk_gfns(gfns: np.ndarray, n_pages: int) -> np.ndarray:
+    """The guest page-table pages a walk for each GFN writes, root first: shape (len, 3)."""
+    base, n_pt, n_pd = page_table_pages(n_pages)
+    root = np.full(len(gfns), base + n_pt + n_pd, dtype=np.int64)
+    return np.stack([root, base + n_pt + (gfns >> 18), base + (gfns >> 9)], axis=1)

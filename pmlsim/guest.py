@@ -34,7 +34,7 @@ import attrs
 import numpy as np
 import simpy
 
-from pmlsim.ept import Ept
+from pmlsim.ept import Ept, walk_gfns
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory, first_occurrence, stable_order
 from pmlsim.pml import PmlArea, hdbss_entries
 from pmlsim.trace import Trace
@@ -81,6 +81,7 @@ class Guest:
         independent: bool = False,
         pml_enabled: bool = True,
         hdbss: bool = False,
+        pt_walks: bool = False,
     ):
         self.env = env
         self.ept = ept
@@ -95,6 +96,8 @@ class Guest:
         self.pml_enabled = pml_enabled
         #: Arm HDBSS instead of Intel PML: block-aligned entries, index up, full write faults
         self.hdbss = hdbss
+        #: TLB misses walk (and so write) the guest page tables
+        self.pt_walks = pt_walks
         self.full_reason = VmExit.HDBSS_FULL if hdbss else VmExit.PML_FULL
         nv = len(vcpus)
         self._t = [np.zeros(0, np.int64) for _ in range(nv)]
@@ -204,7 +207,7 @@ class Guest:
     # ------------------------------------------------------------ reference engine
     def run_reference(self):
         """Process every write alone, in time order, one SimPy event each."""
-        env, ept, mem, trace = self.env, self.ept, self.memory, self.trace
+        env, ept, mem = self.env, self.ept, self.memory
         n_pages = ept.n_pages
         while True:
             best = None
@@ -240,35 +243,49 @@ class Guest:
                 b.sink(np.array([g]), np.array([mem.version[g]]), np.array([t]))
                 continue
             vc = self.vcpus[v]
-            leaf = int(ept.leaf_of_gfn[g])
-            vbit = np.uint64(1) << np.uint64(v)
-            held = bool(ept.tlb_dirty[leaf] & vbit)
-            if ept.table_recalc[g >> 9]:  # Xen lazy re-arm: the table is marked for recalc
-                vc.vm_exit(VmExit.EPT_MISCONFIG, g)
-                continue
-            if not ept.w_bit[leaf] and not held:  # a TLB entry cached as writable skips the check
-                vc.vm_exit(VmExit.EPT_VIOLATION, g)
-                continue
-            if ept.d_bit[leaf]:
-                kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
-            elif held:
-                kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
-            elif not self.pml_enabled:
-                kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
-            else:
-                if vc.pml.full:
-                    vc.vm_exit(self.full_reason, g)  # the write does not happen; retried later
+            if self.pt_walks and not ept.tlb_dirty[int(ept.leaf_of_gfn[g])] & (np.uint64(1) << np.uint64(v)):
+                # a TLB miss: the walk writes the guest page tables first (root to leaf); an exit
+                # on the way stops it, and the retried write walks again
+                if not all(self._write_one(vc, int(p), t, walk=True) for p in walk_gfns(np.array([g]), n_pages)[0]):
                     continue
-                ept.d_bit[leaf] = True
-                idx = vc.pml.log(self._entries(np.array([g]), np.array([leaf]))[0], t)
-                vc.logged += 1
-                kind = LOGGED
-                if trace.enabled:
-                    trace.emit(t, "write_logged", v, g, **self._index_detail(vc, idx))
-            ept.tlb_dirty[leaf] |= vbit
-            mem.retire_one(g, v, t, kind)
-            vc.writes += 1
-            self._pos[v] += 1
+            if self._write_one(vc, g, t):
+                vc.writes += 1
+                self._pos[v] += 1
+
+    def _write_one(self, vc: Vcpu, g: int, t: int, walk: bool = False) -> bool:
+        """One write through the EPT, the TLB and the log: True when it retired, False when it
+        took a VM exit instead (it will be retried)."""
+        ept, v, n_pages = self.ept, vc.index, self.ept.n_pages
+        leaf = int(ept.leaf_of_gfn[g])
+        vbit = np.uint64(1) << np.uint64(v)
+        held = bool(ept.tlb_dirty[leaf] & vbit)
+        if ept.table_recalc[g >> 9]:  # Xen lazy re-arm: the table is marked for recalc
+            vc.vm_exit(VmExit.EPT_MISCONFIG, g)
+            return False
+        if not ept.w_bit[leaf] and not held:  # a TLB entry cached as writable skips the check
+            vc.vm_exit(VmExit.EPT_VIOLATION, g)
+            return False
+        if ept.d_bit[leaf]:
+            kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
+        elif held:
+            kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
+        elif not self.pml_enabled:
+            kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
+        else:
+            if vc.pml.full:
+                vc.vm_exit(self.full_reason, g)  # the write does not happen; retried later
+                return False
+            ept.d_bit[leaf] = True
+            idx = vc.pml.log(self._entries(np.array([g]), np.array([leaf]))[0], t)
+            vc.logged += 1
+            kind = LOGGED
+            if self.trace.enabled:
+                self.trace.emit(t, "write_logged", v, g, **self._index_detail(vc, idx))
+        ept.tlb_dirty[leaf] |= vbit
+        self.memory.retire_one(g, v, t, kind)
+        if walk:
+            vc.walk_writes += 1
+        return True
 
     # ------------------------------------------------------------ fast engine
     def run_fast(self):
@@ -331,7 +348,10 @@ class Guest:
                 T, V, G = T[order], V[order], G[order]
             else:
                 T, V, G = sel_t[0], sel_v[0], sel_g[0]
-            cut, reason = self._retire_window(T, V, G, horizon)
+            walk = None
+            if self.pt_walks:
+                T, V, G, walk = self._with_walks(T, V, G)
+            cut, reason = self._retire_window(T, V, G, horizon, walk)
             if cut < len(T):
                 t_cut = int(T[cut])
                 if t_cut > env.now:
@@ -352,7 +372,7 @@ class Guest:
         hv = self.vcpus[0].hv
         if not self.independent or hv.faults.drop_drained_entry is not None or hv.rings is not None or self.hdbss:
             return False
-        if hv.sync_config.rearm_style == "lazy":  # misconfig exits cut windows (merged path)
+        if hv.sync_config.rearm_style == "lazy" or self.pt_walks:  # these use the merged path
             return False
         return all(self.vcpus[v].speed_pct == 100 and not self.vcpus[v].pause_requested for _, v, _ in parts)
 
@@ -606,7 +626,31 @@ class Guest:
             events.append(((t_x, 2, v, p, 0), (t_x, "flush", v), {"entries": order.tolist()}))
             events.append(((t_x + c, 0, t_x, v), (t_x + c, "vm_entry", v), {}))
 
-    def _retire_window(self, T: np.ndarray, V: np.ndarray, G: np.ndarray, horizon: int) -> tuple[int, VmExit | None]:
+    def _with_walks(self, T: np.ndarray, V: np.ndarray, G: np.ndarray):
+        """Insert, before each write that misses its vCPU's TLB, the three page-table writes of
+        its walk (same time, same vCPU). Returns (T, V, G, is_walk)."""
+        ept = self.ept
+        leaf = ept.leaf_of_gfn[G]
+        held = (ept.tlb_dirty[leaf] & np.left_shift(np.uint64(1), V.astype(np.uint64))) != 0
+        # a miss: the vCPU's first write to the leaf in this window, not cached at its start
+        # (page-table pages are 4 KiB leaves of their own, so walks do not change which)
+        key = leaf * 64 + V
+        cand = np.flatnonzero(~held)
+        miss = np.zeros(len(G), bool)
+        if len(cand):
+            miss[cand[first_occurrence(key[cand])]] = True
+        rep = np.where(miss, 4, 1)
+        src = np.repeat(np.arange(len(G)), rep)
+        offset = np.arange(len(src)) - np.repeat(np.cumsum(rep) - rep, rep)
+        is_walk = offset < rep[src] - 1
+        G2 = G[src].copy()
+        if is_walk.any():
+            G2[is_walk] = walk_gfns(G[src[is_walk]], ept.n_pages)[np.arange(int(is_walk.sum())), offset[is_walk]]
+        return T[src], V[src], G2, is_walk
+
+    def _retire_window(
+        self, T: np.ndarray, V: np.ndarray, G: np.ndarray, horizon: int, walk: np.ndarray | None = None
+    ) -> tuple[int, VmExit | None]:
         """Retire the longest prefix of the window that needs no exit. Returns (cut, reason)."""
         ept = self.ept
         n = len(G)
@@ -672,7 +716,9 @@ class Guest:
         ept.d_bit[logged_leaves] = True
         np.bitwise_or.at(ept.tlb_dirty, Lc, vbit[:cut])
         self.memory.retire(Gc, Vc, Tc, kind)
-        counts = np.bincount(Vc, minlength=nv)
+        data = slice(None) if walk is None else ~walk[:cut]
+        counts = np.bincount(Vc[data], minlength=nv)
+        walks = np.bincount(Vc[~data], minlength=nv) if walk is not None else None
         logged = np.bincount(log_v, minlength=nv)
         if len(log_pos):
             # PML entries of every vCPU at once: entry k of a vCPU goes to its index minus k
@@ -680,14 +726,18 @@ class Guest:
             idx = top[log_v] - rank
             self.pml_area.gpa[log_v, idx] = self._entries(G[log_pos], leaf[log_pos])
             self.pml_area.log_time_ns[log_v, idx] = T[log_pos]
-        for v in np.flatnonzero(counts).tolist():
+        if walks is not None:
+            for v in np.flatnonzero(walks).tolist():
+                self.vcpus[v].walk_writes += int(walks[v])
+        for v in np.flatnonzero(counts | logged).tolist():
             vc = self.vcpus[v]
             c, lc = int(counts[v]), int(logged[v])
             self._pos[v] += c
             vc.writes += c
             vc.logged += lc
             vc.pml.pml_index -= lc
-            self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * lc / c, 1e-4)
+            if c:
+                self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * lc / c, 1e-4)
         if self.trace.enabled:
             for p, i in zip(log_pos.tolist(), idx.tolist() if len(log_pos) else [], strict=True):
                 vc = self.vcpus[int(V[p])]

@@ -47,6 +47,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
         independent=independent_lanes(config, ept),
         pml_enabled=config.tracking.mechanism != "write-protect",
         hdbss=config.tracking.mechanism == "hdbss",
+        pt_walks=config.tracking.guest_pt_walks,
     )
     collector = Collector(env, config, hv, memory, trace) if config.collector.enabled else None
     checkpointer = Checkpointer(env, config, hv, memory, trace) if config.checkpoint.enabled else None
@@ -156,6 +157,7 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
             {
                 "vcpu": v.index,
                 "writes": v.writes,
+                "walk_writes": v.walk_writes,
                 "logged": v.logged,
                 "exits": dict(sorted(v.exits.items())),
                 "stall_ns": int(stall[v.index]),

@@ -56,6 +56,7 @@ def scripted(
     ring_entries: int = 4096,
     reap_on_full: bool = True,
     rearm_style: str = "eager",
+    guest_pt_walks: bool = False,
 ) -> SimConfig:
     """A config whose guest does exactly ``writes`` = [(time_ns, vcpu, gpa), ...]."""
     return SimConfig(
@@ -64,7 +65,9 @@ def scripted(
         guest=GuestConfig(memory_mib=memory_mib, vcpus=vcpus, layout=layout),
         pml=PmlConfig(buffer_entries=buffer_entries, flush_policy=policy, flush_interval_us=flush_interval_us),
         superpage=SuperpageConfig(policy=superpage),
-        tracking=TrackingConfig(mechanism=mechanism, ring_entries=ring_entries, reap_on_full=reap_on_full),
+        tracking=TrackingConfig(
+            mechanism=mechanism, ring_entries=ring_entries, reap_on_full=reap_on_full, guest_pt_walks=guest_pt_walks
+        ),
         sync=SyncConfig(drain_pml=drain_pml, invept=invept, rearm_style=rearm_style),
         workload=WorkloadConfig(kind="script", script=writes),
         collector=CollectorConfig(enabled=True, interval_us=collect_every_us),

@@ -68,6 +68,8 @@ class Vcpu:
         self.paused: simpy.Event = env.event()
         self.writes = 0
         self.logged = 0
+        #: writes made by page-table walks (tracking.guest_pt_walks)
+        self.walk_writes = 0
 
     @property
     def running(self) -> bool:

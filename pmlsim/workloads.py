@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pmlsim.config import PAGE_SIZE, ConfigError, GuestConfig, SimConfig, WorkloadConfig
+from pmlsim.ept import page_table_pages
 
 CHUNK = 8192
 
@@ -104,8 +105,9 @@ def _coprime_stride(n: int) -> int:
     return s
 
 
-def regions(guest: GuestConfig, sharing: str) -> list[tuple[int, int]]:
-    n, v = guest.pages, guest.vcpus
+def regions(guest: GuestConfig, sharing: str, end: int | None = None) -> list[tuple[int, int]]:
+    """Each vCPU's pages; ``end``: the first page not to use (the guest page tables)."""
+    n, v = (guest.pages if end is None else end), guest.vcpus
     if sharing == "shared":
         return [(0, n)] * v
     return [(i * n // v, max((i + 1) * n // v, i * n // v + 1)) for i in range(v)]
@@ -152,9 +154,16 @@ def read_script_csv(path: str | Path, guest: GuestConfig) -> list[tuple[int, int
 def make_streams(config: SimConfig) -> list[WriteStream]:
     """One write stream per vCPU."""
     w, guest = config.workload, config.guest
+    end = page_table_pages(guest.pages)[0] if config.tracking.guest_pt_walks else None
     if w.kind == "script":
         writes = list(w.script) if w.script is not None else read_script_csv(w.path, guest)
         arr = np.array(writes, dtype=np.int64).reshape(-1, 3)
+        if end is not None and len(arr) and (arr[:, 2] // PAGE_SIZE >= end).any():
+            i = int(np.argmax(arr[:, 2] // PAGE_SIZE >= end))
+            raise ConfigError(
+                f"workload.script[{i}].gpa", hex(int(arr[i, 2])),
+                f"is in the guest page tables (GFN {end:#x} up) used by tracking.guest_pt_walks",
+            )  # fmt: skip
         streams: list[WriteStream] = []
         for v in range(guest.vcpus):
             mine = arr[arr[:, 1] == v]
@@ -162,7 +171,7 @@ def make_streams(config: SimConfig) -> list[WriteStream]:
             streams.append(ScriptStream(mine[order, 0], mine[order, 2] // PAGE_SIZE))
         return streams
     seeds = np.random.SeedSequence(config.seed).spawn(guest.vcpus)
-    regs = regions(guest, w.sharing)
+    regs = regions(guest, w.sharing, end)
     return [
         RandomStream(np.random.Generator(np.random.PCG64(s)), w.writes_per_s_per_vcpu, regs[v], w)
         for v, s in enumerate(seeds)

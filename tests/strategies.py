@@ -50,6 +50,7 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
         mechanism=mechanism,
         ring_entries=buffer_entries + 64 + draw(st.sampled_from([1, 16, 4096])),
         reap_on_full=draw(st.booleans()),
+        guest_pt_walks=layout != "2m" and kind != "script" and draw(st.sampled_from([False, False, True])),
     )
     if draw(st.booleans()):
         consumer = {
