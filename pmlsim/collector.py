@@ -64,6 +64,8 @@ class Collector:
         self.idle: simpy.Event = env.event().succeed()
         #: set when another consumer ends the run: no new periodic collection starts
         self.stopping = False
+        #: called after each collection with (record, collected GFNs, memory at the read)
+        self.on_collect = None
         self._prev_read: MemorySnapshot | None = None
         self._this_read: MemorySnapshot | None = None
         self.collections: list[Collection] = []
@@ -124,6 +126,8 @@ class Collector:
         self.collections.append(
             Collection(self.env.now, rec.read_ns, len(pages), rec.in_flight_entries, late, lost, strict)
         )
+        if self.on_collect is not None:
+            self.on_collect(self.collections[-1], pages, self._prev_read)
         self.trace.emit(self.env.now, "collect", pages=len(pages), late=late, lost=lost)
         if rec.paused and not final:
             self.hv.unpause_all()

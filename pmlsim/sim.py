@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
+import numpy as np
 import simpy
 
 from pmlsim.checkpoint import Checkpointer
-from pmlsim.collector import Collector
+from pmlsim.collector import Collection, Collector
 from pmlsim.config import PAGES_PER_MIB, SimConfig
 from pmlsim.dirty_log import DirtyLog
 from pmlsim.ept import Ept
 from pmlsim.guest import Guest
 from pmlsim.hypervisor import Faults, Hypervisor
-from pmlsim.memory import GuestMemory
+from pmlsim.memory import GuestMemory, MemorySnapshot
 from pmlsim.migration import Migration
 from pmlsim.pml import PmlArea
 from pmlsim.results import Result
@@ -22,8 +24,17 @@ from pmlsim.vcpu import Vcpu
 from pmlsim.workloads import independent_lanes, make_streams
 
 
-def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | None = None) -> Result:
-    """Run one simulation. Same config (and seed) give the same result, bar ``wall_time_s``."""
+def simulate(
+    config: SimConfig,
+    trace: Trace | None = None,
+    faults: Faults | None = None,
+    on_collect: Callable[[Collection, np.ndarray, MemorySnapshot], None] | None = None,
+) -> Result:
+    """Run one simulation. Same config (and seed) give the same result, bar ``wall_time_s``.
+
+    ``on_collect`` is called after each of the collector's collections with its record, the
+    GFNs it collected and guest memory as it was at the bitmap read (for custom invariants, as
+    KVM's ``dirty_log_test`` checks)."""
     wall0 = time.perf_counter()
     trace = trace or Trace()
     env = simpy.Environment()
@@ -50,6 +61,8 @@ def simulate(config: SimConfig, trace: Trace | None = None, faults: Faults | Non
         pt_walks=config.tracking.guest_pt_walks,
     )
     collector = Collector(env, config, hv, memory, trace) if config.collector.enabled else None
+    if collector is not None:
+        collector.on_collect = on_collect
     checkpointer = Checkpointer(env, config, hv, memory, trace) if config.checkpoint.enabled else None
     vram = None
     if config.vram.enabled:
