@@ -9,7 +9,7 @@ import math
 import statistics
 
 from pmlsim import CollectorConfig, GuestConfig, MigrationConfig, PmlConfig, SimConfig, WorkloadConfig, simulate
-from pmlsim.theory import geometric_migration, occupancy_mean, occupancy_var, precopy_rounds
+from pmlsim.theory import geometric_migration, occupancy_mean, occupancy_var, precopy_rounds, precopy_scenario
 
 PAGE = 4096
 N = 64 * 256
@@ -46,23 +46,7 @@ def occupancy() -> None:
 
 
 def _migrate(ratio: float, rounds: int):
-    return simulate(
-        SimConfig(
-            seed=1,
-            duration_ms=8000,
-            guest=GuestConfig(memory_mib=64, vcpus=1),
-            pml=PmlConfig(flush_policy="xen"),
-            workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=ratio * B),
-            migration=MigrationConfig(
-                bandwidth_mbit_s=1000,
-                page_header_bytes=0,
-                stop_rule="xen",
-                xen_max_iterations=rounds,
-                xen_min_dirty_pages=0,
-                xen_max_factor=100.0,
-            ),
-        )
-    ).migration
+    return simulate(precopy_scenario(ratio, rounds)[0]).migration
 
 
 def precopy() -> None:

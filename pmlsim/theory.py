@@ -38,3 +38,29 @@ def geometric_migration(mem_bytes: float, dirty_bytes_per_s: float, link_bytes_p
     lam = dirty_bytes_per_s / link_bytes_per_s
     total = mem_bytes * (1 - lam ** (rounds + 1)) / (1 - lam) if lam != 1 else mem_bytes * (rounds + 1)
     return total, mem_bytes * lam**rounds / link_bytes_per_s
+
+
+def precopy_scenario(ratio: float, rounds: int, memory_mib: int = 64, bandwidth_mbit_s: float = 1000.0, seed: int = 1):
+    """The validation scenario for the pre-copy checks: one vCPU writing uniformly at ``ratio``
+    times the link's page rate, Xen's pass-by-pass rule (exactly ``rounds`` pre-copy rounds, no
+    early stop) and a Xen-style sync (pause and drain), so that each round sends exactly the
+    pages the previous one let the guest dirty. Returns (config, pages, link pages per second)."""
+    from pmlsim.config import GuestConfig, MigrationConfig, PmlConfig, SimConfig, WorkloadConfig
+
+    link = bandwidth_mbit_s * 1e6 / (4096 * 8)  # pages per second with no page header
+    config = SimConfig(
+        seed=seed,
+        duration_ms=8000,
+        guest=GuestConfig(memory_mib=memory_mib, vcpus=1),
+        pml=PmlConfig(flush_policy="xen"),
+        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=ratio * link),
+        migration=MigrationConfig(
+            bandwidth_mbit_s=bandwidth_mbit_s,
+            page_header_bytes=0,
+            stop_rule="xen",
+            xen_max_iterations=rounds,
+            xen_min_dirty_pages=0,
+            xen_max_factor=100.0,  # keep going past 3x memory: the rounds are what is measured
+        ),
+    )
+    return config, memory_mib * 256, link

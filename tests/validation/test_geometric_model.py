@@ -6,31 +6,16 @@ import math
 
 import pytest
 
-from pmlsim import GuestConfig, MigrationConfig, PmlConfig, SimConfig, WorkloadConfig, simulate
-from pmlsim.theory import geometric_migration, precopy_rounds
+from pmlsim import simulate
+from pmlsim.theory import geometric_migration, precopy_rounds, precopy_scenario
 
 N = 64 * 256
 B = 1000e6 / (4096 * 8)  # pages per second on 1 Gbit/s with no page header
 PAGE = 4096
 
 
-def migrate(lam: float, rounds: int, seed: int = 1):
-    cfg = SimConfig(
-        seed=seed,
-        duration_ms=8000,
-        guest=GuestConfig(memory_mib=64, vcpus=1),
-        pml=PmlConfig(flush_policy="xen"),
-        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=lam * B),
-        migration=MigrationConfig(
-            bandwidth_mbit_s=1000,
-            page_header_bytes=0,
-            stop_rule="xen",
-            xen_max_iterations=rounds,  # exactly `rounds` pre-copy rounds, then stop-and-copy
-            xen_min_dirty_pages=0,
-            xen_max_factor=100.0,
-        ),
-    )
-    return simulate(cfg).migration
+def migrate(lam: float, rounds: int):
+    return simulate(precopy_scenario(lam, rounds)[0]).migration
 
 
 @pytest.mark.parametrize("lam", [0.02, 0.05])

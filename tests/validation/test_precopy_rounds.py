@@ -5,33 +5,15 @@ import math
 
 import pytest
 
-from pmlsim import GuestConfig, MigrationConfig, PmlConfig, SimConfig, WorkloadConfig, simulate
-from pmlsim.theory import precopy_rounds
+from pmlsim import simulate
+from pmlsim.theory import precopy_rounds, precopy_scenario
 
-MEMORY_MIB = 64
-N = MEMORY_MIB * 256
-BANDWIDTH_MBIT = 1000.0
-B = BANDWIDTH_MBIT * 1e6 / (4096 * 8)  # pages per second with no page header
+CONFIG, N, B = precopy_scenario(1.0, 10)
 
 
-def precopy(ratio: float, seed: int = 1):
-    """Migrate with Xen's pass-by-pass rule and a Xen-style sync (pause and drain), so that each
-    round sends exactly the pages the previous one dirtied."""
-    cfg = SimConfig(
-        seed=seed,
-        duration_ms=8000,
-        guest=GuestConfig(memory_mib=MEMORY_MIB, vcpus=1),
-        pml=PmlConfig(flush_policy="xen"),
-        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=ratio * B),
-        migration=MigrationConfig(
-            bandwidth_mbit_s=BANDWIDTH_MBIT,
-            page_header_bytes=0,
-            stop_rule="xen",
-            xen_max_iterations=10,
-            xen_max_factor=100.0,  # keep going past 3x memory: we want the rounds
-        ),
-    )
-    return simulate(cfg).migration
+def precopy(ratio: float):
+    """Migrate with Xen's pass-by-pass rule and a Xen-style sync (pmlsim.theory.precopy_scenario)."""
+    return simulate(precopy_scenario(ratio, 10)[0]).migration
 
 
 def _compare(ratio: float, rounds: int):
