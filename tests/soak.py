@@ -1,0 +1,69 @@
+"""Long property runs, beyond what CI runs: many random configurations through the safety,
+lost-page-cause and engine-equivalence properties (not collected by pytest).
+
+    python3 tests/soak.py [--examples 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hypothesis import HealthCheck, given, settings
+from strategies import configs
+from test_engines import _assert_same
+
+from pmlsim import simulate
+
+
+def allowed_causes(config) -> set[str]:
+    allowed = set()
+    if not config.sync.invept:
+        allowed.add("stale-tlb")
+    if config.superpage.policy == "naive":
+        allowed.add("superpage-naive")
+    if not config.sync.drain_pml:
+        allowed.add("pml-entry-not-drained")
+    if config.migration.enabled and config.migration.rearm == "after-send":
+        allowed.add("sampled-before-rearm")
+    return allowed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--examples", type=int, default=1500)
+    n = ap.parse_args().examples
+    opts = dict(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+
+    @settings(**opts)
+    @given(configs(safe=True))
+    def safe(config):
+        assert simulate(config).lost == ()
+
+    @settings(**opts)
+    @given(configs())
+    def causes(config):
+        r = simulate(config)
+        assert {lp.cause for lp in r.lost} <= allowed_causes(config), (config, r.lost[:3])
+
+    @settings(**opts)
+    @given(configs())
+    def engines(config):
+        _assert_same(config)
+
+    failed = 0
+    for prop in (safe, causes, engines):
+        try:
+            prop()
+            print(f"{prop.__name__}: {n} examples OK", flush=True)
+        except Exception as exc:  # report and go on with the next property
+            failed += 1
+            print(f"{prop.__name__}: FAILED {exc!r}"[:4000], flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
