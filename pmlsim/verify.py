@@ -118,9 +118,14 @@ class ConsumerCopy:
             if not self.config.sync.invept:
                 return "stale-tlb"
             # with INVEPT, a stale write can only fall between a D clear and its INVEPT: lost
-            # only if the page was copied before that re-arm, or if the naive policy re-armed
-            # a superpage for another of its 4 KiB pages
-            return "sampled-before-rearm" if after_taking else "superpage-naive" if naive else "stale-tlb"
+            # only if the page was copied before that re-arm, if the naive policy re-armed a
+            # superpage for another of its 4 KiB pages, or if this consumer's view missed the
+            # page's earlier entry because a sync read without draining
+            if after_taking:
+                return "sampled-before-rearm"
+            if naive:
+                return "superpage-naive"
+            return "stale-tlb" if self.config.sync.drain_pml else "pml-entry-not-drained"
         if kind in (DIRTY_4K, DIRTY_SUPER) and after_taking:
             return "sampled-before-rearm"
         if kind == DIRTY_SUPER and naive:
