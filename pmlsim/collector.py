@@ -71,7 +71,6 @@ class Collector:
         self.collections: list[Collection] = []
         self.late_pages = 0
         self.pages_collected = 0
-        self.stall_at_end: list[int] = []
 
     def run(self, duration_ns: int):
         """Collect every ``interval_us`` until ``duration_ns``, then a final stopped collection."""
@@ -88,7 +87,6 @@ class Collector:
             yield self.env.timeout(duration_ns - self.env.now)
         if self.stopping:
             return
-        self.stall_at_end = [v.stall_until(self.env.now) for v in self.hv.vcpus]
         yield from self.collect(final=True)
 
     def finish(self):

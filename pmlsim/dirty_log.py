@@ -21,9 +21,6 @@ class DirtyBitmap:
         self.bits[gfns] = False
         return gfns
 
-    def count(self) -> int:
-        return int(np.count_nonzero(self.bits))
-
 
 class DirtyLog:
     """Every consumer's view of the dirty state: drains and software marks reach them all.

@@ -81,14 +81,6 @@ class PmlBuffer:
         self.pml_index = self.size - 1
         return out
 
-    def drop_entry(self, position: int) -> None:
-        """Remove the valid entry at ``position`` in write order (fault injection for tests)."""
-        gpa, t = self.entries()
-        keep = np.ones(len(gpa), dtype=bool)
-        keep[position] = False
-        self.pml_index = self.size - 1
-        self.log_many(gpa[keep], t[keep])
-
 
 #: HDBSS entry: ``[55:12]`` IPA aligned to the block, ``[3:1]`` TTWL (the level), ``[0]`` valid
 HDBSS_TTWL = {1: 3, 512: 2, 512 * 512: 1}  # 4 KiB page: level 3; 2 MiB block: 2; 1 GiB: 1

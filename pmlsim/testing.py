@@ -126,6 +126,20 @@ def logged(trace: ListTrace) -> list[tuple[int, int, int, int]]:
     return [(t, v, g << 12, dict(d)["pml_index"]) for t, _, v, g, d in trace.of("write_logged")]
 
 
+def allowed_causes(config: SimConfig) -> set[str]:
+    """The lost-page causes a configuration's unsafe options can produce (empty when safe)."""
+    allowed = set()
+    if not config.sync.invept:
+        allowed.add("stale-tlb")
+    if config.superpage.policy == "naive":
+        allowed.add("superpage-naive")
+    if not config.sync.drain_pml:
+        allowed.add("pml-entry-not-drained")
+    if config.migration.enabled and config.migration.rearm == "after-send":
+        allowed.add("sampled-before-rearm")
+    return allowed
+
+
 def assert_no_lost_pages(result: Result) -> None:
     """Fail, listing the first lost pages with their causes, unless the run lost nothing."""
     assert result.verified, "the run did not verify (no consumer, or the migration did not converge)"

@@ -17,19 +17,7 @@ from strategies import configs
 from test_engines import _assert_same
 
 from pmlsim import simulate
-
-
-def allowed_causes(config) -> set[str]:
-    allowed = set()
-    if not config.sync.invept:
-        allowed.add("stale-tlb")
-    if config.superpage.policy == "naive":
-        allowed.add("superpage-naive")
-    if not config.sync.drain_pml:
-        allowed.add("pml-entry-not-drained")
-    if config.migration.enabled and config.migration.rearm == "after-send":
-        allowed.add("sampled-before-rearm")
-    return allowed
+from pmlsim.testing import allowed_causes
 
 
 def main() -> int:

@@ -4,6 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from strategies import configs
 
 from pmlsim import simulate
+from pmlsim.testing import allowed_causes
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -18,13 +19,4 @@ def test_every_safe_configuration_loses_no_page(config):
 @given(configs())
 def test_every_lost_page_names_a_cause_that_its_configuration_allows(config):
     r = simulate(config)
-    allowed = set()
-    if not config.sync.invept:
-        allowed.add("stale-tlb")
-    if config.superpage.policy == "naive":
-        allowed.add("superpage-naive")
-    if not config.sync.drain_pml:
-        allowed.add("pml-entry-not-drained")
-    if config.migration.enabled and config.migration.rearm == "after-send":
-        allowed.add("sampled-before-rearm")
-    assert {lp.cause for lp in r.lost} <= allowed
+    assert {lp.cause for lp in r.lost} <= allowed_causes(config)
