@@ -6,6 +6,7 @@ from __future__ import annotations
 import attrs
 import simpy
 
+from pmlsim.collector import every_period
 from pmlsim.config import SimConfig
 from pmlsim.hypervisor import Hypervisor
 from pmlsim.memory import GuestMemory
@@ -55,19 +56,9 @@ class Checkpointer:
         self.stopping = False
 
     def run(self, duration_ns: int):
+        """Checkpoint every epoch; the last epoch, at the end of the run, leaves the guest paused."""
         epoch = max(1, round(self.config.checkpoint.epoch_ms * 1e6))
-        k = 1
-        while k * epoch < duration_ns:
-            if self.env.now < k * epoch:
-                yield self.env.timeout(k * epoch - self.env.now)
-                if self.stopping:
-                    return
-                yield from self.checkpoint(resume=True)
-            k += 1
-        if self.env.now < duration_ns:
-            yield self.env.timeout(duration_ns - self.env.now)
-        if not self.stopping:
-            yield from self.checkpoint(resume=False)  # the last epoch, at the end of the run
+        yield from every_period(self, epoch, duration_ns, lambda last: self.checkpoint(resume=not last))
 
     def finish(self):
         """Another consumer ended the run (a migration): a last checkpoint of the stopped guest."""

@@ -15,6 +15,8 @@ write that was lost, and the cause.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
+
 import attrs
 import numpy as np
 import simpy
@@ -24,6 +26,26 @@ from pmlsim.hypervisor import Hypervisor
 from pmlsim.memory import GuestMemory, MemorySnapshot
 from pmlsim.trace import Trace
 from pmlsim.verify import ConsumerCopy, LostPage
+
+
+def every_period(consumer, period_ns: int, duration_ns: int, step: Callable[[bool], Generator]):
+    """The schedule of a periodic consumer (collector, checkpointer): ``step(False)`` at every
+    multiple of ``period_ns`` before ``duration_ns`` (a step still running at a tick skips it),
+    then ``step(True)`` at ``duration_ns``; nothing more once ``consumer.stopping`` is set
+    (another consumer ended the run and calls the consumer's ``finish``)."""
+    env = consumer.env
+    k = 1
+    while k * period_ns < duration_ns:
+        if env.now < k * period_ns:
+            yield env.timeout(k * period_ns - env.now)
+            if consumer.stopping:
+                return
+            yield from step(False)
+        k += 1
+    if env.now < duration_ns:
+        yield env.timeout(duration_ns - env.now)
+    if not consumer.stopping:
+        yield from step(True)
 
 
 @attrs.frozen
@@ -75,19 +97,7 @@ class Collector:
     def run(self, duration_ns: int):
         """Collect every ``interval_us`` until ``duration_ns``, then a final stopped collection."""
         interval = max(1, round(self.interval_us * 1000))
-        k = 1
-        while k * interval < duration_ns:
-            if self.env.now < k * interval:
-                yield self.env.timeout(k * interval - self.env.now)
-                if self.stopping:
-                    return
-                yield from self.collect(final=False)
-            k += 1
-        if self.env.now < duration_ns:
-            yield self.env.timeout(duration_ns - self.env.now)
-        if self.stopping:
-            return
-        yield from self.collect(final=True)
+        yield from every_period(self, interval, duration_ns, lambda last: self.collect(final=last))
 
     def finish(self):
         """Another consumer ended the run (a migration): a last, stopped collection."""
