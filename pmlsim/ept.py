@@ -41,11 +41,17 @@ class Ept:
         for k in range(self.n_superpages):
             b, s = int(sp_base[k]), int(sp_size[k])
             self.leaf_of_gfn[b : b + s] = n_pages + k
-        #: W bit (writable) and D bit (dirty) per leaf
-        self.w_bit = np.ones(n_leaves, dtype=bool)
-        self.d_bit = np.zeros(n_leaves, dtype=bool)
+        # One 16-byte record per leaf, so that the checks a write makes (TLB, W, D) touch one
+        # cache line: the arrays below are views of its fields.
+        self.leaf_state = np.zeros((n_leaves, 16), dtype=np.uint8)
         #: per leaf, bit v set when vCPU v caches the leaf as dirty in its TLB
-        self.tlb_dirty = np.zeros(n_leaves, dtype=np.uint64)
+        self.tlb_dirty = self.leaf_state[:, 0:8].view(np.uint64).reshape(n_leaves)
+        #: W bit (writable) and D bit (dirty) per leaf
+        self.w_bit = self.leaf_state[:, 8].view(bool)
+        self.d_bit = self.leaf_state[:, 9].view(bool)
+        self.w_bit[:] = True
+        #: the fast engine's scratch: the last window in which a lane wrote the leaf
+        self.lane_stamp = self.leaf_state[:, 10]
         self.split = np.zeros(self.n_superpages, dtype=bool)
         #: Xen lazy re-arm: per 512-page leaf table, marked for recalculation by a CLEAN
         self.table_recalc = np.zeros((n_pages + 511) // 512, dtype=bool)
@@ -53,6 +59,10 @@ class Ept:
         self.rearm_pending = np.zeros(n_pages, dtype=bool)
 
     # ------------------------------------------------------------ queries
+    def identity(self) -> bool:
+        """True when every GFN is mapped by its own 4 KiB leaf (no superpage in place)."""
+        return self.n_superpages == 0 or bool(self.split.all())
+
     def is_superpage(self, leaf: np.ndarray | int) -> np.ndarray | bool:
         return np.asarray(leaf) >= self.n_pages
 

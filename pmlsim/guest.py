@@ -34,6 +34,7 @@ import attrs
 import numpy as np
 import simpy
 
+from pmlsim import lanes
 from pmlsim.ept import Ept, walk_gfns
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory, first_occurrence, stable_order
 from pmlsim.pml import PmlArea, hdbss_entries
@@ -110,8 +111,11 @@ class Guest:
         #: recent fraction of each vCPU's writes that logged (sizes the fast engine's windows)
         self._log_ratio = [1.0] * nv
         self._reads: deque[PageReads] = deque()
-        #: the last window could be split into independent lanes (sizes the next window)
-        self._lanes_hint = False
+        #: the conditions for independent lanes that never change during a run (None: not known yet)
+        self._lanes_static: bool | None = None
+        #: the current window's stamp in ``ept.lane_stamp`` (pmlsim.lanes.plan's scratch)
+        self._wid = 0
+        self._buffers: dict[str, np.ndarray] = {}
 
     def read_pages(self, times: np.ndarray, pages: np.ndarray, sink) -> None:
         """Schedule reads of ``pages`` at ``times`` (non-decreasing, not before now).
@@ -155,8 +159,8 @@ class Guest:
         return None
 
     # ------------------------------------------------------------ write streams
-    def _pending(self, v: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to ``n`` next writes of vCPU ``v``: (effective sim time, gfn)."""
+    def _fill(self, v: int, n: int) -> None:
+        """Make at least ``n`` writes of vCPU ``v`` pending (fewer when its stream ends)."""
         while len(self._t[v]) - self._pos[v] < n and not self._exhausted[v]:
             t, g = self.streams[v].next_chunk()
             if len(t) == 0:
@@ -167,6 +171,10 @@ class Guest:
             self._g[v] = np.concatenate([self._g[v][p:], g])
             self._pos[v] = 0
             self._eff_key[v] = None
+
+    def _pending(self, v: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``n`` next writes of vCPU ``v``: (effective sim time, gfn)."""
+        self._fill(v, n)
         p = self._pos[v]
         vc = self.vcpus[v]
         # effective times of the whole pending buffer, recomputed only when this vCPU's clock
@@ -293,41 +301,29 @@ class Guest:
         env = self.env
         while True:
             horizon = min(self._peek(), env.now + MAX_WINDOW_NS)
+            if self._lanes_now():
+                limit, cut = self._window_lanes(horizon)
+                if cut is None:
+                    yield self._at(limit)
+                    continue
+                if limit > env.now:
+                    yield self._at(limit)
+                v, reason, gfn = cut
+                self.vcpus[v].vm_exit(reason, gfn)
+                yield self._at(env.now)
+                continue
             parts = []
             for vc in self.vcpus:
                 if not vc.running:
                     continue
                 # how many writes this vCPU is likely to retire before its buffer fills; only
                 # a performance guess: the window is cut exactly wherever it must be
-                want = (
-                    MAX_BATCH
-                    if self._lanes_hint
-                    else min(MAX_BATCH, int((vc.pml.free + 1) / self._log_ratio[vc.index]) + 64)
-                )
+                want = min(MAX_BATCH, int((vc.pml.free + 1) / self._log_ratio[vc.index]) + 64)
                 eff, g = self._pending(vc.index, want + 1)
-                if len(eff) > want and eff[want] == eff[0]:
-                    # more than a batch of writes in one nanosecond: take them all, so that the
-                    # window can end after that nanosecond (ordering stays exact, time moves on)
-                    while len(eff) > want and eff[-1] == eff[0] and not self._exhausted[vc.index]:
-                        want *= 2
-                        eff, g = self._pending(vc.index, want + 1)
-                    want = int(np.searchsorted(eff, eff[0], side="right"))
+                want = self._batch_end(vc.index, eff, want)
                 if len(eff) > want and eff[want] < horizon:
                     horizon = int(eff[want])
                 parts.append((eff, vc.index, g))
-            if parts:  # (with every vCPU stopped, keep the last guess for when they resume)
-                self._lanes_hint = self._lanes_apply(parts)
-            if parts and self._lanes_hint:
-                cut = self._window_lanes(parts, horizon)
-                if cut is not None:
-                    t_cut, v, reason, gfn = cut
-                    if t_cut > env.now:
-                        yield self._at(t_cut)
-                    self.vcpus[v].vm_exit(reason, gfn)
-                    yield self._at(env.now)
-                else:
-                    yield self._at(horizon)
-                continue
             sel_t, sel_v, sel_g = [], [], []
             for eff, v, g in parts:
                 k = int(np.searchsorted(eff, horizon, side="left"))
@@ -361,270 +357,192 @@ class Guest:
             else:
                 yield self._at(horizon)
 
+    def _batch_end(self, v: int, times: np.ndarray, want: int) -> int:
+        """How many of a vCPU's pending writes (``times``) a window may take: ``want``, or, when
+        more than that fall in one nanosecond, all of that nanosecond's (so that the window can
+        end after it: ordering stays exact, time moves on)."""
+        if len(times) > want and times[want] == times[0]:
+            while len(times) > want and times[-1] == times[0] and not self._exhausted[v]:
+                want *= 2
+                self._fill(v, want + 1)
+                p = self._pos[v]
+                times = self._t[v][p : p + want + 1]
+            want = int(np.searchsorted(times, times[0], side="right"))
+        return want
+
     # ------------------------------------------------------------ fast engine, independent lanes
-    def _lanes_apply(self, parts) -> bool:
-        """Can each vCPU's writes in this window be processed on their own?
+    def _lanes_now(self) -> bool:
+        """Can each vCPU's writes in the next window be processed on their own?
 
         Yes when no leaf is ever written by two vCPUs (``independent``: partitioned regions no
-        superpage straddles, checked once), every vCPU runs at full speed and none has a pause
-        pending: then a vCPU's logging depends only on its own writes, and its PML-full exits
-        only on itself."""
-        hv = self.vcpus[0].hv
-        if not self.independent or hv.faults.drop_drained_entry is not None or hv.rings is not None or self.hdbss:
+        superpage straddles, checked once), every running vCPU runs at full speed and none has a
+        pause pending: then a vCPU's logging depends only on its own writes, and its PML-full
+        exits only on itself."""
+        if self._lanes_static is None:
+            hv = self.vcpus[0].hv
+            self._lanes_static = not (
+                not self.independent
+                or hv.faults.drop_drained_entry is not None
+                or hv.rings is not None
+                or self.hdbss
+                or hv.sync_config.rearm_style == "lazy"  # these use the merged path
+                or self.pt_walks
+                or not all(s.guest_time for s in self.streams)
+            )
+        if not self._lanes_static:
             return False
-        if hv.sync_config.rearm_style == "lazy" or self.pt_walks:  # these use the merged path
-            return False
-        return all(self.vcpus[v].speed_pct == 100 and not self.vcpus[v].pause_requested for _, v, _ in parts)
+        running = False
+        for vc in self.vcpus:
+            if vc.running:
+                if vc.speed_pct != 100 or vc.pause_requested:
+                    return False
+                running = True
+        return running
 
-    def _window_lanes(self, parts, horizon: int):
-        """Retire every lane up to a common limit C, inlining PML-full exits that end before C.
-
-        All lanes are processed together as one set of arrays (lane by lane, each in its own
-        order). Returns the one exit that must run as a SimPy process at C, or None."""
+    def _window_lanes(self, horizon: int):
+        """Retire every lane up to a common limit, inlining the exits that end before it
+        (``pmlsim.lanes``: compiled, write by write). Returns (limit, None), or (limit, (vCPU,
+        reason, gfn)) for the one exit that must run as a SimPy process at the limit."""
         hv = self.vcpus[0].hv
         ept = self.ept
-        effs, gs, vs = [], [], []
-        for eff, v, g in parts:
-            k = int(np.searchsorted(eff, horizon, side="left"))  # exits only push writes later
+        running = [vc for vc in self.vcpus if vc.running]
+        takes = []
+        for vc in running:
+            v = vc.index
+            self._fill(v, MAX_BATCH + 1)
+            p = self._pos[v]
+            t = self._t[v][p : p + MAX_BATCH + 1]
+            off = vc.base_sim_ns - vc.base_guest_ns  # guest time to simulated time, at full speed
+            want = self._batch_end(v, t, MAX_BATCH)
+            if want > MAX_BATCH:
+                t = self._t[v][p : p + want + 1]
+            if len(t) > want and int(t[want]) + off < horizon:
+                horizon = int(t[want]) + off
+            takes.append((vc, p, t, off))
+        vcs, effs, gs, offs = [], [], [], []
+        for vc, p, t, off in takes:
+            k = int(np.searchsorted(t, horizon - off, side="left"))  # exits only push writes later
             if k:
-                effs.append(eff[:k])
-                gs.append(g[:k])
-                vs.append(v)
-        if not vs:
+                vcs.append(vc)
+                effs.append(t[:k])
+                gs.append(self._g[vc.index][p : p + k])
+                offs.append(off)
+        if not vcs:
             if self._reads:
                 self._do_reads(np.zeros(0, np.int64), np.zeros(0, np.int64), limit=horizon, inclusive=True)
-            return None
+            return horizon, None
+        vs = [vc.index for vc in vcs]
         L = len(vs)
-        lens = np.fromiter((len(e) for e in effs), np.int64, L)
         starts = np.zeros(L + 1, np.int64)
-        np.cumsum(lens, out=starts[1:])
+        np.cumsum([len(e) for e in effs], out=starts[1:])
         n = int(starts[-1])
-        E, G = np.concatenate(effs), np.concatenate(gs)
-        lane = np.repeat(np.arange(L), lens)
-        V = np.asarray(vs, np.int64)[lane]
-        idx = np.arange(n)
-        leaf = ept.leaf_of_gfn[G]
-        first_wp = starts[1:].copy()
-        held = (ept.tlb_dirty[leaf] & (np.uint64(1) << V.astype(np.uint64))) != 0
-        faults = ~ept.w_bit[leaf] & ~held
-        wp_faults = idx[:0]
-        if not self.pml_enabled:
-            # write protection: the first write to each protected 4 KiB leaf faults, and the
-            # fault (mark dirty, make writable) touches only that leaf: handled in the lane
-            small = faults & (leaf < ept.n_pages)
-            faults &= ~small
-            at = np.flatnonzero(small)
-            wp_faults = np.sort(at[first_occurrence(leaf[at])]) if len(at) else at
-        # a write to a write-protected superpage (split-on-write) ends its lane
-        wp_at = np.flatnonzero(faults)
-        if len(wp_at):
-            wl = lane[wp_at]
-            firsts = np.flatnonzero(np.r_[True, wl[1:] != wl[:-1]])
-            first_wp[wl[firsts]] = wp_at[firsts]
-        d0 = ~ept.d_bit[leaf]
-        cand = np.flatnonzero(d0 & ~held & (idx < first_wp[lane])) if self.pml_enabled else idx[:0]
-        # leaves belong to one lane only, so the first occurrence in the concatenation is the
-        # first in its lane: the write that sets the D bit and logs
-        log_pos = np.sort(cand[first_occurrence(leaf[cand])]) if len(cand) else cand
-        is_log = np.zeros(n, bool)
-        is_log[log_pos] = True
-        csum = np.cumsum(is_log)
-        before = np.r_[0, csum][starts[:-1]]  # logs in earlier lanes
-        rank = csum[log_pos] - 1 - before[lane[log_pos]]
-        size = self.vcpus[0].pml.size
-        free = np.fromiter((self.vcpus[v].pml.free for v in vs), np.int64, L)
-        fl = free[lane[log_pos]]
-        exit_pos = log_pos[(rank >= fl) & ((rank - fl) % size == 0)]  # the writes finding it full
-        c = hv.pml_full_exit_ns(size)
-        exit_reason = VmExit.PML_FULL
-        if not self.pml_enabled:
-            wp_faults = wp_faults[wp_faults < first_wp[lane[wp_faults]]]
-            exit_pos, c, exit_reason = wp_faults, hv.write_fault_exit_ns(), VmExit.EPT_VIOLATION
-        is_exit = np.zeros(n, np.int64)
-        is_exit[exit_pos] = 1
-        ecum = np.cumsum(is_exit)
-        eff2 = E + c * (ecum - np.r_[0, ecum][starts[:-1]][lane])
-        # per lane: the exits (their positions, end times) and the limit they allow
-        ex_lane = lane[exit_pos]
-        ex_bounds = np.searchsorted(ex_lane, np.arange(L + 1))
-        n_ex = np.diff(ex_bounds)
-        ends_all = eff2[exit_pos]
-        lane_end = starts[1:]
-        has_wp = first_wp < lane_end
-        t_wp = np.where(has_wp, eff2[np.minimum(first_wp, n - 1)], NO_EVENT)
-
-        def per_lane_count(values: np.ndarray, bounds: np.ndarray, limit: int) -> np.ndarray:
-            """How many of each lane's (sorted) values are below ``limit``."""
-            below = np.r_[0, np.cumsum(values < limit)]
-            return below[bounds[1:]] - below[bounds[:-1]]
-
-        limit, owner = horizon, None
-        while True:
-            # each lane's first exit still running at the limit, or else its first WP fault
-            k = per_lane_count(ends_all, ex_bounds, limit)
-            has_ex = k < n_ex
-            j = np.minimum(ex_bounds[:-1] + k, max(len(exit_pos) - 1, 0))
-            t_ex = np.where(has_ex, ends_all[j] - c if len(exit_pos) else NO_EVENT, NO_EVENT)
-            t_cut = np.where(has_ex, t_ex, t_wp)
-            i = int(np.argmin(t_cut))  # ties: the lower vCPU index
-            if t_cut[i] >= limit:
-                break
-            if has_ex[i]:
-                p = int(exit_pos[j[i]])
-                owner = (int(t_cut[i]), vs[i], exit_reason, int(G[p]), p)
-            else:
-                p = int(first_wp[i])
-                owner = (int(t_cut[i]), vs[i], VmExit.EPT_VIOLATION, int(G[p]), p)
-            limit = owner[0]
-        # how far each lane retires: the owner up to its exit (some writes may be at the limit
-        # itself), the others every write before the limit, never past a running exit or a fault
-        stop = starts[:-1] + per_lane_count(eff2, starts, limit)
-        k = per_lane_count(ends_all, ex_bounds, limit)
-        blocked = k < n_ex
-        if blocked.any():
-            stop = np.where(
-                blocked, np.minimum(stop, exit_pos[np.minimum(ex_bounds[:-1] + k, len(exit_pos) - 1)]), stop
-            )
-        stop = np.minimum(stop, first_wp)
-        if owner is not None:
-            stop[vs.index(owner[1])] = owner[4]
-        keep = idx < stop[lane]
+        E, G = (effs[0], gs[0]) if L == 1 else (np.concatenate(effs), np.concatenate(gs))
+        vbits = np.array([1 << v for v in vs], dtype=np.uint64)
+        size = vcs[0].pml.size
+        c = hv.pml_full_exit_ns(size) if self.pml_enabled else hv.write_fault_exit_ns()
+        self._wid += 1
+        if self._wid > 255:  # the stamps are bytes: start a new cycle
+            ept.lane_stamp[:] = 0
+            self._wid = 1
+        eff2, ex_pos = self._scratch("eff2", n), self._scratch("ex_pos", n)
+        n_ex = np.empty(L + 1, np.int64)
+        first_wp = np.empty(L, np.int64)
+        stop = np.empty(L, np.int64)
+        free = np.array([vc.pml.free for vc in vcs], dtype=np.int64)
+        identity = ept.identity()
+        limit, owner, owner_pos, owner_exit = lanes.plan(
+            E, G, starts, np.array(offs, np.int64), vbits, free, size, c, horizon, self.pml_enabled, ept.n_pages,
+            identity, ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.lane_stamp, self._wid,
+            eff2, ex_pos, n_ex, first_wp, stop,
+        )  # fmt: skip
         if self._reads:
-            self._do_reads(G[keep], eff2[keep], limit=limit, inclusive=True)
-        if self.pml_enabled:
-            self._commit_lanes(vs, starts, stop, lane, V, G, leaf, d0, held, eff2, log_pos, rank, exit_pos, keep, c)
-        else:
-            self._commit_lanes_wp(vs, starts, stop, lane, V, G, leaf, d0, held, eff2, exit_pos, keep, c)
-        if owner is None:
-            return None
-        _, v, reason, gfn, _ = owner
-        return limit, v, reason, gfn
+            keep = [np.arange(starts[i], stop[i]) for i in range(L)]
+            kept = np.concatenate(keep)
+            self._do_reads(G[kept], eff2[kept], limit=limit, inclusive=True)
+        self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity)
+        if owner < 0:
+            return int(limit), None
+        reason = VmExit.PML_FULL if owner_exit and self.pml_enabled else VmExit.EPT_VIOLATION
+        return int(limit), (vs[owner], reason, int(G[owner_pos]))
 
-    def _commit_lanes(self, vs, starts, stop, lane, V, G, leaf, d0, held, eff2, log_pos, rank, exit_pos, keep, c):
-        """Retire the kept writes of every lane, with the PML-full exits among them."""
-        ept, hv, L = self.ept, self.vcpus[0].hv, len(vs)
-        Rg, Rv, Rt, Rl = G[keep], V[keep], eff2[keep], leaf[keep]
-        kind = np.where(Rl >= ept.n_pages, DIRTY_SUPER, DIRTY_4K).astype(np.int8)
-        kind[(d0 & held)[keep]] = STALE_TLB  # only this vCPU writes these leaves
-        lkeep = keep[log_pos]
-        log_pos, rank = log_pos[lkeep], rank[lkeep]
-        is_log = np.zeros(len(G), bool)
-        is_log[log_pos] = True
-        kind[is_log[keep]] = LOGGED
-        ept.d_bit[leaf[log_pos]] = True
-        # repeated leaves all belong to one vCPU: the stores write equal values
-        ept.tlb_dirty[Rl] |= np.uint64(1) << Rv.astype(np.uint64)
-        self.memory.retire(Rg, Rv, Rt, kind)
-        exit_pos = exit_pos[keep[exit_pos]]
-        size = self.vcpus[0].pml.size
-        l_lane = lane[log_pos]
-        free = np.fromiter((self.vcpus[v].pml.free for v in vs), np.int64, L)
-        n_exits = np.bincount(lane[exit_pos], minlength=L)
-        # a log belongs to buffer generation 0 (the current buffer) or to the one after exit j
-        gen = np.where(rank < free[l_lane], 0, 1 + (rank - free[l_lane]) // size)
-        drained = gen < n_exits[l_lane]
-        ex_bounds = np.searchsorted(lane[exit_pos], np.arange(L + 1))
-        t_exit = eff2[exit_pos] - c  # when each exit starts
-        gfn_log, t_log = G[log_pos], eff2[log_pos]
+    def _scratch(self, name: str, n: int) -> np.ndarray:
+        """A reusable int64 work array of ``n`` elements (no allocation per window)."""
+        buf = self._buffers.get(name)
+        if buf is None or len(buf) < n:
+            buf = self._buffers[name] = np.empty(max(n, 2 * len(buf) if buf is not None else n), np.int64)
+        return buf[:n]
+
+    def _commit_lanes(self, vcs, starts, stop, vbits, eff2, G, c, identity):
+        """Retire the lanes' writes up to their stops, with the exits among them (compiled),
+        then account for them: vCPU counters and clocks, drained entries, trace events."""
+        ept, hv, mem, L = self.ept, self.vcpus[0].hv, self.memory, len(vcs)
+        size = vcs[0].pml.size
+        n = int(starts[-1])
+        pml_index = np.array([vc.pml.pml_index for vc in vcs], dtype=np.int64)
+        used = int(sum(vc.pml.used for vc in vcs)) if self.pml_enabled else 0
+        n_logged = np.zeros(L, np.int64)
+        n_exits = np.zeros(L + 1, np.int64)
+        last_end = np.zeros(L, np.int64)
+        drained_gfn, drained_age = self._scratch("drained_gfn", n + used), self._scratch("drained_age", n + used)
+        ex_rec = self._scratch("ex_rec", 4 * n).reshape(n, 4)
         trace = self.trace.enabled
-        events = [] if trace else None
-        if len(exit_pos):
-            # the drain at exit j takes generation j-1 (with the old entries for j = 1)
-            when = t_exit[ex_bounds[l_lane[drained]] + gen[drained]]
-            gfns, ages = [gfn_log[drained]], [when - t_log[drained]]
-            for i in np.flatnonzero(n_exits).tolist():
-                old_gpa, old_t = self.vcpus[vs[i]].pml.drain()
-                gfns.append(old_gpa >> 12)
-                ages.append(t_exit[ex_bounds[i]] - old_t)
-                if trace:
-                    self._trace_lane_exits(
-                        events, vs[i], i, old_gpa >> 12, gfn_log, l_lane, gen, exit_pos, ex_bounds, t_exit, G, c
-                    )
-            hv.absorb_drains(np.concatenate(gfns), np.concatenate(ages), len(exit_pos))
-        # what stays logged goes into each buffer at its index
-        left = ~drained
-        top = np.fromiter((self.vcpus[v].pml.pml_index for v in vs), np.int64, L)
-        lidx = np.where(n_exits[l_lane] == 0, top[l_lane] - rank, size - 1 - (rank - free[l_lane]) % size)
-        rows = np.asarray(vs, np.int64)[l_lane]
-        self.pml_area.gpa[rows[left], lidx[left]] = gfn_log[left] << 12
-        self.pml_area.log_time_ns[rows[left], lidx[left]] = t_log[left]
-        n_ret = stop - starts[:-1]
-        n_logged = np.bincount(l_lane, minlength=L)
-        n_left = np.bincount(l_lane[left], minlength=L)
-        for i, v in enumerate(vs):
-            vc, k, nr = self.vcpus[v], int(n_exits[i]), int(n_ret[i])
+        log_rec = self._scratch("log_rec", 2 * n if trace else 0).reshape(-1, 2)
+        vids = np.array([vc.index for vc in vcs], dtype=np.int64)
+        nx, nd, nl = lanes.commit(
+            eff2, G, starts, stop, vbits, vids, size, c, self.pml_enabled, ept.n_pages, identity,
+            ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty,
+            mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
+            self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
+            n_logged, n_exits, last_end, drained_gfn, drained_age, ex_rec, log_rec, trace,
+        )  # fmt: skip
+        ex_rec = ex_rec[:nx]
+        if self.pml_enabled:
+            if nx:
+                hv.absorb_drains(drained_gfn[:nd], drained_age[:nd], nx)
+            reason = VmExit.PML_FULL
+        else:
+            if nx:
+                hv.bitmap.mark(G[ex_rec[:, 0]])
+            reason = VmExit.EPT_VIOLATION
+        n_ret, n_ex, idxs = (stop - starts[:-1]).tolist(), n_exits[:L].tolist(), pml_index.tolist()
+        counts = zip(vcs, n_ex, n_ret, idxs, n_logged.tolist(), last_end.tolist(), strict=True)
+        for vc, k, nr, idx, nl_v, end in counts:
+            vc.pml.pml_index = idx
             if k:
-                vc.pml.pml_index = size - 1 - int(n_left[i])
-                vc.exits[VmExit.PML_FULL.value] += k
+                vc.exits[reason.value] += k
                 vc.stall_ns += k * c
                 vc.base_sim_ns += k * c
-                vc.resume_floor_ns = int(t_exit[ex_bounds[i + 1] - 1]) + c
-            else:
-                vc.pml.pml_index -= int(n_left[i])
+                vc.resume_floor_ns = end
             vc.writes += nr
-            vc.logged += int(n_logged[i])
-            self._pos[v] += nr
+            vc.logged += nl_v
+            self._pos[vc.index] += nr
             if nr:
-                self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * int(n_logged[i]) / nr, 1e-4)
+                self._log_ratio[vc.index] = max(0.5 * self._log_ratio[vc.index] + 0.5 * nl_v / nr, 1e-4)
         if trace:
-            for p, i, g, li in zip(log_pos.tolist(), l_lane.tolist(), gfn_log.tolist(), lidx.tolist(), strict=True):
-                t = int(eff2[p])
-                events.append(((t, 2, vs[i], p, 1), (t, "write_logged", vs[i], g), {"pml_index": li & 0xFFFF}))
-            events.sort(key=lambda e: e[0])
-            for _, args, detail in events:
-                self.trace.emit(*args, **detail)
+            self._trace_lanes(vcs, starts, ex_rec, log_rec[:nl], drained_gfn, eff2, G, c, reason)
 
-    def _commit_lanes_wp(self, vs, starts, stop, lane, V, G, leaf, d0, held, eff2, exit_pos, keep, c):
-        """Retire the kept writes of every lane under write protection, with the faults among them:
-        each marks its GFN dirty, makes its leaf writable with D=1, and delays the vCPU by ``c``."""
-        ept, hv, L = self.ept, self.vcpus[0].hv, len(vs)
-        Rg, Rv, Rt, Rl = G[keep], V[keep], eff2[keep], leaf[keep]
-        faults = exit_pos[keep[exit_pos]]
-        t_fault = eff2[faults] - c
-        hv.bitmap.mark(G[faults])
-        ept.w_bit[leaf[faults]] = True
-        ept.d_bit[leaf[faults]] = True
-        kind = np.where(Rl >= ept.n_pages, DIRTY_SUPER, DIRTY_4K).astype(np.int8)
-        kind[(d0 & held)[keep]] = STALE_TLB  # a stale writable entry: no fault, no D update
-        ept.tlb_dirty[Rl] |= np.uint64(1) << Rv.astype(np.uint64)
-        self.memory.retire(Rg, Rv, Rt, kind)
-        f_lane = lane[faults]
-        n_f = np.bincount(f_lane, minlength=L)
-        n_ret = stop - starts[:-1]
-        for i, v in enumerate(vs):
-            vc, k, nr = self.vcpus[v], int(n_f[i]), int(n_ret[i])
-            if k:
-                vc.exits[VmExit.EPT_VIOLATION.value] += k
-                vc.stall_ns += k * c
-                vc.base_sim_ns += k * c
-                vc.resume_floor_ns = int(t_fault[f_lane == i][-1]) + c
-            vc.writes += nr
-            self._pos[v] += nr
-        if self.trace.enabled:
-            drains = hv.drains_on_every_exit()  # the exit drains an empty PML buffer
-            events = []
-            for p, t, v in zip(faults.tolist(), t_fault.tolist(), V[faults].tolist(), strict=True):
-                events.append(((t, 2, v, p, 0), (t, "vm_exit", v, int(G[p])), {"reason": VmExit.EPT_VIOLATION.value}))
-                if drains:
-                    events.append(((t, 2, v, p, 0), (t, "flush", v), {"entries": []}))
-                events.append(((t + c, 0, t, v), (t + c, "vm_entry", v), {}))
-            events.sort(key=lambda e: e[0])
-            for _, args, detail in events:
-                self.trace.emit(*args, **detail)
-
-    def _trace_lane_exits(self, events, v, i, old_gfns, gfn_log, l_lane, gen, exit_pos, ex_bounds, t_exit, G, c):
-        """Trace one lane's inlined exits: vm_exit, the flush with its entries, vm_entry."""
-        mine = l_lane == i
-        for j in range(ex_bounds[i], ex_bounds[i + 1]):
-            g = j - ex_bounds[i]
-            entries = gfn_log[mine & (gen == g)]
-            if g == 0:
-                entries = np.concatenate([old_gfns, entries])
-            order = entries[::-1] if self.vcpus[v].hv.policy == "xen" else entries
-            t_x, p = int(t_exit[j]), int(exit_pos[j])
-            events.append(((t_x, 2, v, p, 0), (t_x, "vm_exit", v, int(G[p])), {"reason": VmExit.PML_FULL.value}))
-            events.append(((t_x, 2, v, p, 0), (t_x, "flush", v), {"entries": order.tolist()}))
+    def _trace_lanes(self, vcs, starts, ex_rec, log_rec, drained_gfn, eff2, G, c, reason):
+        """Trace a window's inlined exits (vm_exit, the flush with its entries, vm_entry) and
+        logged writes, in time order."""
+        hv = self.vcpus[0].hv
+        lane_of = np.searchsorted(starts, np.arange(int(starts[-1])), side="right") - 1
+        events = []
+        flush_always = not self.pml_enabled and hv.drains_on_every_exit()  # an empty buffer
+        for p, t_x, k0, k1 in ex_rec.tolist():
+            v = vcs[int(lane_of[p])].index
+            events.append(((t_x, 2, v, p, 0), (t_x, "vm_exit", v, int(G[p])), {"reason": reason.value}))
+            if self.pml_enabled or flush_always:
+                entries = drained_gfn[k0:k1]
+                order = entries[::-1] if hv.policy == "xen" else entries
+                events.append(((t_x, 2, v, p, 0), (t_x, "flush", v), {"entries": order.tolist()}))
             events.append(((t_x + c, 0, t_x, v), (t_x + c, "vm_entry", v), {}))
+        for p, li in log_rec.tolist():
+            v = vcs[int(lane_of[p])].index
+            t = int(eff2[p])
+            events.append(((t, 2, v, p, 1), (t, "write_logged", v, int(G[p])), {"pml_index": li & 0xFFFF}))
+        events.sort(key=lambda e: e[0])
+        for _, args, detail in events:
+            self.trace.emit(*args, **detail)
 
     def _with_walks(self, T: np.ndarray, V: np.ndarray, G: np.ndarray):
         """Insert, before each write that misses its vCPU's TLB, the three page-table writes of

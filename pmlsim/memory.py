@@ -62,12 +62,22 @@ class MemorySnapshot:
     last_kind: np.ndarray
 
 
+#: one record per page, so that retiring a write touches one cache line (the fast engine)
+PAGE_RECORD = np.dtype(
+    [("version", np.int64), ("last_time_ns", np.int64), ("last_vcpu", np.int16), ("last_kind", np.int8)], align=True
+)
+
+
 class GuestMemory:
     def __init__(self, n_pages: int):
-        self.version = np.zeros(n_pages, dtype=np.int64)
-        self.last_vcpu = np.full(n_pages, -1, dtype=np.int16)
-        self.last_time_ns = np.full(n_pages, -1, dtype=np.int64)
-        self.last_kind = np.zeros(n_pages, dtype=np.int8)
+        self.pages = np.zeros(n_pages, dtype=PAGE_RECORD)
+        #: views of the records' fields
+        self.version = self.pages["version"]
+        self.last_vcpu = self.pages["last_vcpu"]
+        self.last_time_ns = self.pages["last_time_ns"]
+        self.last_kind = self.pages["last_kind"]
+        self.last_vcpu[:] = -1
+        self.last_time_ns[:] = -1
 
     def retire(self, gfn: np.ndarray, vcpu: np.ndarray, t_ns: np.ndarray, kind: np.ndarray) -> None:
         """Writes (in time order) retired: bump versions, remember each page's last writer."""
@@ -85,6 +95,5 @@ class GuestMemory:
         self.last_kind[gfn] = kind
 
     def snapshot(self, t_ns: int) -> MemorySnapshot:
-        return MemorySnapshot(
-            t_ns, self.version.copy(), self.last_vcpu.copy(), self.last_time_ns.copy(), self.last_kind.copy()
-        )
+        pages = self.pages.copy()  # one copy of the records, their fields are views
+        return MemorySnapshot(t_ns, pages["version"], pages["last_vcpu"], pages["last_time_ns"], pages["last_kind"])

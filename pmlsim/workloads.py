@@ -69,7 +69,7 @@ class RandomStream(WriteStream):
         gaps = rng.exponential(self.mean_gap_ns, CHUNK)
         t = self._t + np.cumsum(gaps)
         self._t = float(t[-1])
-        times = np.floor(t).astype(np.int64)
+        times = t.astype(np.int64)  # truncation: the floor of these positive times
         return times, self.start + self._pages(CHUNK)
 
     def _pages(self, n: int) -> np.ndarray:

@@ -1,0 +1,258 @@
+"""The fast engine's independent lanes, compiled: each vCPU's writes walked one by one.
+
+When no EPT leaf can be written by two vCPUs (partitioned memory), what one vCPU's write does
+(set a D bit, log a PML entry, take a PML-full exit) depends only on that vCPU's earlier writes
+and on the state at the start of the window. So each vCPU is a *lane* of its own, processed
+in program order exactly as the CPU would, with no per-write SimPy event. The kernels here are
+compiled with numba; they are the same per-write rules as ``Guest._write_one`` (the reference
+engine), which ``tests/test_engines.py`` checks event for event.
+
+A window runs in two passes:
+
+* :func:`plan` walks every lane without changing any state (a per-window stamp stands for the D
+  bits the lane sets), and finds where each lane's PML-full exits (or write-protection faults)
+  fall once each exit delays the lane's later writes by its cost ``c``. An exit that ends before
+  the window's limit is handled inline; one still running at the limit cannot be (the next
+  SimPy event may interact with it), so the limit moves back to its start and that exit runs
+  as a SimPy process. ``plan`` returns that limit and how far each lane retires.
+* :func:`commit` retires each lane up to its stop: D bits, TLBs, the PML buffer (draining it
+  at each inline exit), and guest memory (version, last writer, how the write was logged).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB
+
+#: "no event" as an integer time (also ``guest.NO_EVENT``)
+NO_EVENT = np.iinfo(np.int64).max
+
+
+#: writes whose state is loaded ahead of processing them (see _touch_leaves)
+BLOCK = 32
+
+
+@njit(cache=True, nogil=True)
+def _touch_leaves(G, lo, hi, identity, leaf_of_gfn, leaf_byte):
+    """Load the leaf records of writes ``lo:hi`` before processing them. The loads are
+    independent, so the CPU overlaps their cache misses; the processing loop, whose branches
+    depend on each load, then finds them in cache (a software prefetch)."""
+    s = 0
+    for j in range(lo, hi):
+        s += leaf_byte[G[j] if identity else leaf_of_gfn[G[j]]]
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _touch_pages(G, lo, hi, version):
+    """Load the page records of writes ``lo:hi`` ahead of retiring them (as _touch_leaves)."""
+    s = 0
+    for j in range(lo, hi):
+        s += version[G[j]]
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _first_end_at_or_after(eff2, ex_pos, a, ne, limit):
+    """Index (0..ne) of a lane's first exit whose write retires at or after ``limit``."""
+    lo, hi = 0, ne
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if eff2[ex_pos[a + mid]] < limit:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def plan(
+    E, G, starts, offset, vbits, free, size, c, horizon, pml_enabled, n_pages, identity,
+    leaf_of_gfn, d_bit, w_bit, tlb_dirty, seen, wid,
+    eff2, ex_pos, n_ex, first_wp, stops,
+):  # fmt: skip
+    """Pass 1. ``E``: each write's guest time; lanes are ``starts[l]`` to ``starts[l+1]``; a
+    lane's write retires at simulated time ``E + offset[l]`` plus its earlier exits in this
+    window. ``identity``: every GFN is its own 4 KiB leaf.
+
+    Fills ``eff2`` (each write's simulated time), the exits of each lane
+    (``ex_pos[starts[l]:][:n_ex[l]]``: the writes that exit; each retires ``c`` after its exit
+    starts), ``first_wp`` (a write that must fault as a SimPy exit, or the lane's end) and
+    ``stops``. Returns (limit, owner lane, owner write, owner is a PML-full exit); the owner
+    lane is -1 when every exit before ``horizon`` is inline."""
+    L = len(starts) - 1
+    sink = 0
+    for lane in range(L):
+        a, b = starts[lane], starts[lane + 1]
+        vb = vbits[lane]
+        fr = free[lane]
+        shift = offset[lane]
+        logs = 0
+        ne = 0
+        fw = b
+        for blk in range(a, b, BLOCK):
+            end = min(blk + BLOCK, b)
+            sink += _touch_leaves(G, blk, end, identity, leaf_of_gfn, seen)
+            for i in range(blk, end):
+                leaf = G[i] if identity else leaf_of_gfn[G[i]]
+                held = (tlb_dirty[leaf] & vb) != 0
+                fresh = seen[leaf] != wid  # not yet written by this lane in this window
+                if not w_bit[leaf] and not held and fresh:
+                    if pml_enabled or leaf >= n_pages:
+                        eff2[i] = E[i] + shift
+                        fw = i  # split-on-write superpage (or any fault under PML): a SimPy exit
+                        break
+                    # write protection: the fault marks the page and makes the leaf writable
+                    seen[leaf] = wid
+                    shift += c
+                    ex_pos[a + ne] = i
+                    ne += 1
+                elif pml_enabled and not d_bit[leaf] and not held and fresh:
+                    seen[leaf] = wid
+                    if logs >= fr and (logs - fr) % size == 0:
+                        shift += c  # this write finds the buffer full: PML-full exit first
+                        ex_pos[a + ne] = i
+                        ne += 1
+                    logs += 1
+                eff2[i] = E[i] + shift
+            if fw < b:
+                break
+        n_ex[lane] = ne
+        first_wp[lane] = fw
+
+    # the limit: the horizon, or the start of the earliest exit still running at the limit
+    limit = horizon
+    owner, owner_pos, owner_exit = -1, -1, False
+    while True:
+        best_t, best_l, best_p, best_ex = NO_EVENT, -1, -1, False
+        for lane in range(L):
+            a = starts[lane]
+            j = _first_end_at_or_after(eff2, ex_pos, a, n_ex[lane], limit)
+            if j < n_ex[lane]:
+                p = ex_pos[a + j]
+                t = eff2[p] - c
+                ex = True
+            elif first_wp[lane] < starts[lane + 1]:
+                p = first_wp[lane]
+                t = eff2[p]
+                ex = False
+            else:
+                continue
+            if t < best_t:  # ties: the lower vCPU index
+                best_t, best_l, best_p, best_ex = t, lane, p, ex
+        if best_l < 0 or best_t >= limit:
+            break
+        limit = best_t
+        owner, owner_pos, owner_exit = best_l, best_p, best_ex
+
+    # each lane retires its writes before the limit, never past an exit still running there
+    for lane in range(L):
+        a, fw = starts[lane], first_wp[lane]
+        lo, hi = a, fw
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if eff2[mid] < limit:
+                lo = mid + 1
+            else:
+                hi = mid
+        stop = lo
+        j = _first_end_at_or_after(eff2, ex_pos, a, n_ex[lane], limit)
+        if j < n_ex[lane] and ex_pos[a + j] < stop:
+            stop = ex_pos[a + j]
+        stops[lane] = stop
+    if owner >= 0:
+        stops[owner] = owner_pos
+    n_ex[L] = sink  # keeps the touches (an extra slot nobody reads)
+    return limit, owner, owner_pos, owner_exit
+
+
+@njit(cache=True, nogil=True)
+def commit(
+    eff2, G, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
+    leaf_of_gfn, d_bit, w_bit, tlb_dirty,
+    version, last_vcpu, last_time, last_kind,
+    pml_gpa, pml_time, pml_index,
+    n_logged, n_exits, last_exit_end,
+    drained_gfn, drained_age, ex_rec, log_rec, trace,
+):  # fmt: skip
+    """Pass 2: retire writes ``starts[l]`` to ``stops[l]`` of every lane, in program order.
+
+    ``pml_index`` (per lane) is updated in place; each inline exit drains the lane's buffer into
+    ``drained_gfn``/``drained_age`` (age: exit start minus log time). ``ex_rec`` rows: (write,
+    exit start, first drained, end drained); ``log_rec`` rows (only with ``trace``): (write,
+    PML index). Returns (exits, drained entries, logged-write records)."""
+    L = len(starts) - 1
+    nd = 0
+    nx = 0
+    nl = 0
+    sink = 0
+    for lane in range(L):
+        vb = vbits[lane]
+        v = vids[lane]
+        idx = pml_index[lane]
+        logged = 0
+        exits = 0
+        for i in range(starts[lane], stops[lane]):
+            if (i - starts[lane]) % BLOCK == 0:
+                hi = min(i + BLOCK, stops[lane])
+                sink += _touch_leaves(G, i, hi, identity, leaf_of_gfn, d_bit) + _touch_pages(G, i, hi, version)
+            g = G[i]
+            leaf = g if identity else leaf_of_gfn[g]
+            t = eff2[i]
+            held = (tlb_dirty[leaf] & vb) != 0
+            kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
+            if pml_enabled:
+                if not d_bit[leaf]:
+                    if held:
+                        kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
+                    else:
+                        if idx < 0:
+                            # PML-full exit (reason 62): the handler drains the whole buffer
+                            k0 = nd
+                            for e in range(size - 1, -1, -1):
+                                drained_gfn[nd] = pml_gpa[v, e] >> 12
+                                drained_age[nd] = t - c - pml_time[v, e]
+                                nd += 1
+                            ex_rec[nx, 0] = i
+                            ex_rec[nx, 1] = t - c
+                            ex_rec[nx, 2] = k0
+                            ex_rec[nx, 3] = nd
+                            nx += 1
+                            idx = size - 1
+                            exits += 1
+                            last_exit_end[lane] = t
+                        pml_gpa[v, idx] = g << 12
+                        pml_time[v, idx] = t
+                        if trace:
+                            log_rec[nl, 0] = i
+                            log_rec[nl, 1] = idx
+                            nl += 1
+                        idx -= 1
+                        d_bit[leaf] = True
+                        kind = LOGGED
+                        logged += 1
+            elif not w_bit[leaf] and not held:
+                # write protection: the EPT violation marks the page and makes it writable, D=1
+                ex_rec[nx, 0] = i
+                ex_rec[nx, 1] = t - c
+                ex_rec[nx, 2] = nd
+                ex_rec[nx, 3] = nd
+                nx += 1
+                w_bit[leaf] = True
+                d_bit[leaf] = True
+                exits += 1
+                last_exit_end[lane] = t
+            elif not d_bit[leaf] and held:
+                kind = STALE_TLB
+            tlb_dirty[leaf] |= vb
+            version[g] += 1
+            last_vcpu[g] = v
+            last_time[g] = t
+            last_kind[g] = kind
+        pml_index[lane] = idx
+        n_logged[lane] = logged
+        n_exits[lane] = exits
+    n_exits[L] = sink  # keeps the touches (an extra slot nobody reads)
+    return nx, nd, nl
