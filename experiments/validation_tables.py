@@ -1,15 +1,40 @@
 """Print the validation tables of docs/validation.md: pmlsim beside the closed forms.
 
-python experiments/validation_tables.py
+python experiments/validation_tables.py             # every table
+python experiments/validation_tables.py predictor   # only some: occupancy precopy geometric predictor idle
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import sys
 
-from pmlsim import CollectorConfig, GuestConfig, MigrationConfig, PmlConfig, SimConfig, WorkloadConfig, simulate
-from pmlsim.theory import geometric_migration, occupancy_mean, occupancy_var, precopy_rounds, precopy_scenario
+import attrs
+
+from pmlsim import (
+    CollectorConfig,
+    CostConfig,
+    GuestConfig,
+    MigrationConfig,
+    PmlConfig,
+    SimConfig,
+    WorkloadConfig,
+    simulate,
+)
+from pmlsim.theory import (
+    POSTING_CURVE,
+    curve_scenario,
+    dirty_curve_knots,
+    dirty_pages_after,
+    geometric_migration,
+    occupancy_mean,
+    occupancy_var,
+    precopy_rounds,
+    precopy_scenario,
+    predict_migration,
+)
+from pmlsim.workloads import curve_sweeps, guest_curve
 
 PAGE = 4096
 N = 64 * 256
@@ -89,8 +114,116 @@ def idle() -> None:
         )
 
 
+GRID = [(bw, dl) for bw in (400, 1000, 2000) for dl in (50, 150, 400)]
+
+
+def _ms(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.2f}"
+
+
+def predictor() -> None:
+    print("\n## QEMU's predictor vs pmlsim, ideal tracking (EXAMPLE_CURVE, 64 MiB, deadline 5 s)")
+    print(f"sweeps: {[(round(p, 1), round(m)) for p, m in curve_sweeps(curve_scenario(1000, 50))]} (period ms, pages)")
+    collect = curve_scenario(1000, 50, collector=CollectorConfig(enabled=True, interval_us=100_000))
+    collect = attrs.evolve(collect, duration_ms=600, migration=MigrationConfig(enabled=False))
+    d100 = dirty_pages_after(dirty_curve_knots(guest_curve(collect)), 100)
+    pages = [c.pages for c in simulate(collect).collections]
+    print(f"a collector every 100 ms finds {pages} pages; D(100 ms) = {d100:.1f}")
+    print("last pass: pages of the last whole iteration (the stop-and-copy, or the last before the deadline)")
+    print(
+        f"{'Mbit/s':>6} {'limit ms':>8} {'predictor ms':>12} {'its':>3} {'pmlsim ms':>10} {'rounds':>6}"
+        f" {'diff ms':>8} {'last pass':>15}"
+    )
+    for bw, dl in GRID:
+        config = curve_scenario(bw, dl)
+        p = predict_migration(guest_curve(config), bw * 1e6 / 8, dl, deadline_ms=5000)
+        m = simulate(config).migration
+        got = m.migration_time_ns if m.converged else None
+        diff = "" if got is None or p.migration_time_ms is None else f"{got / 1e6 - p.migration_time_ms:+.3f}"
+        pred = "-" if p.migration_time_ms is None else f"{p.migration_time_ms:.2f}"
+        whole = -1 if m.converged else -2
+        last = f"{p.iterations[whole][0]:.0f}/{m.rounds[whole].pages_sent}"
+        print(
+            f"{bw:>6} {dl:>8} {pred:>12} {len(p.iterations):>3} {_ms(got):>10} {len(m.rounds):>6} {diff:>8} {last:>15}"
+        )
+
+
+#: what moves the answer: (name, sections replacing the ideal ones; None: QEMU's own loop)
+EFFECTS = [
+    ("PML costs", {"costs": CostConfig()}),
+    ("late entries", {"pml": PmlConfig(flush_policy="kvm")}),
+    (
+        "50 us exits, 4 entries",
+        {"costs": CostConfig(exit_roundtrip_ns=50_000), "pml": PmlConfig(buffer_entries=4, flush_policy="xen")},
+    ),
+    ("QEMU's loop", None),
+]
+
+
+def predictor_effects() -> None:
+    print("\n## Where PML effects move the answer: migration time ms (rounds) / downtime ms")
+    print("PML costs: default costs, Xen-style sync; late entries: free, KVM sync (kick, read at once);")
+    print("50 us exits: exit_roundtrip_ns = 50000 and 4-entry buffers; QEMU's loop: ideal, stop_rule = qemu")
+    head = f"{'Mbit/s':>6} {'limit':>5} {'predictor':>13} {'ideal':>22}"
+    print(head + "".join(f" {name:>22}" for name, _ in EFFECTS) + f" {'overhead (50 us)':>16}")
+    for bw, dl in GRID:
+        base = curve_scenario(bw, dl)
+        p = predict_migration(guest_curve(base), bw * 1e6 / 8, dl, deadline_ms=5000)
+        pred = "-" if p.migration_time_ms is None else f"{p.migration_time_ms:.1f}"
+        cells, overhead = [], 0.0
+        for name, sections in [("ideal", {}), *EFFECTS]:
+            if sections is None:
+                sections = {"migration": attrs.evolve(base.migration, stop_rule="qemu")}
+            r = simulate(attrs.evolve(base, **sections))
+            m = r.migration
+            t = f"{m.migration_time_ns / 1e6:.1f}" if m.converged else "-"
+            cells.append(f"{t} ({len(m.rounds)}) / {_ms(m.downtime_ns)}")
+            if name.startswith("50 us"):
+                overhead = r.guest_overhead
+        print(f"{bw:>6} {dl:>5} {pred + f' ({len(p.iterations)})':>13}" + "".join(f" {c:>22}" for c in cells), end="")
+        print(f" {overhead * 100:>15.2f}%")
+
+
+def posting_curve() -> None:
+    print("\n## The posting's curve (memcached/YCSB, 32 GiB) on a 256 MiB guest: memory and bandwidth / 128,")
+    print("so every time is the 32 GiB VM's. Seconds; deadline 100 s")
+    print(f"{'Gbps':>5} {'limit ms':>8} {'predictor':>9} {'zero pages full':>15} {'+ concave':>9} {'pmlsim ideal':>12}")
+    for gbps in (5, 10, 25):
+        bw = gbps * 2**30 / 128 / 1e6  # the script's Gbps: 2^30 bit/s
+        for dl in (125, 500, 5000):
+            config = curve_scenario(bw, dl, POSTING_CURVE, memory_mib=256, max_time_ms=100_000)
+            data = guest_curve(config)
+            cells = [
+                predict_migration(data, bw * 1e6 / 8, dl, deadline_ms=100_000, **kw).migration_time_ms
+                for kw in ({}, {"zero_page_bytes": 4104}, {"zero_page_bytes": 4104, "concave": True})
+            ]
+            m = simulate(config).migration
+            cells.append(m.migration_time_ns / 1e6 if m.converged else None)
+            print(
+                f"{gbps:>5} {dl:>8}"
+                + "".join(
+                    f" {'-' if c is None else f'{c / 1000:.3f}':>{w}}"
+                    for c, w in zip(cells, (9, 15, 9, 12), strict=True)
+                )
+            )
+
+
+def predictor_tables() -> None:
+    predictor()
+    predictor_effects()
+    posting_curve()
+
+
+TABLES = {
+    "occupancy": occupancy,
+    "precopy": precopy,
+    "geometric": geometric,
+    "predictor": predictor_tables,
+    "idle": idle,
+}
+
 if __name__ == "__main__":
-    occupancy()
-    precopy()
-    geometric()
-    idle()
+    for name in sys.argv[1:] or list(TABLES):
+        if name not in TABLES:
+            sys.exit(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
+        TABLES[name]()

@@ -21,10 +21,10 @@ LEAF_PAGES = {"4k": 1, "2m": 512, "1g": 512 * 512}
 LAYOUTS = ("4k", "2m", "1g", "mixed")
 FLUSH_POLICIES = ("xen", "kvm", "periodic")
 SUPERPAGE_POLICIES = ("naive", "mark-whole", "split-on-write", "eager-split")
-WORKLOAD_KINDS = ("script", "uniform", "hotcold", "zipf", "sequential")
+WORKLOAD_KINDS = ("script", "uniform", "hotcold", "zipf", "sequential", "curve")
 SHARINGS = ("partitioned", "shared")
 ENGINES = ("fast", "reference")
-STOP_RULES = ("qemu", "xen")
+STOP_RULES = ("qemu", "xen", "qemu-pass")
 REARM_MODES = ("before-send", "after-send")
 MECHANISMS = ("pml", "write-protect", "dirty-ring", "hdbss")
 #: KVM_DIRTY_RING_RSVD_ENTRIES: ring entries kept free besides a whole PML buffer
@@ -82,6 +82,34 @@ def _choice(options: tuple[str, ...]):
 def _bool(inst, attribute, value):
     if not isinstance(value, bool):
         raise ConfigError(_name(attribute), value, "must be true or false")
+
+
+def _optional(validator):
+    def check(inst, attribute, value):
+        if value is not None:
+            validator(inst, attribute, value)
+
+    return check
+
+
+def _number_list(lo: float, *, lo_open: bool = False):
+    """A list of finite numbers, each >= lo (> lo when ``lo_open``); the order is checked later."""
+
+    def check(inst, attribute, value):
+        bound = f"{'(' if lo_open else '['}{lo}, inf)"
+        if not isinstance(value, tuple):
+            raise ConfigError(_name(attribute), value, f"must be a list of numbers in {bound}")
+        for i, x in enumerate(value):
+            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+                raise ConfigError(f"{_name(attribute)}[{i}]", x, f"must be a finite number in {bound}")
+            if x < lo or (lo_open and x == lo):
+                raise ConfigError(f"{_name(attribute)}[{i}]", x, f"must be in {bound}")
+
+    return check
+
+
+def _to_tuple(value):
+    return tuple(value) if isinstance(value, list | tuple) else value
 
 
 def _field(default, validator, path: str, **kw):
@@ -255,6 +283,21 @@ class WorkloadConfig:
     script: tuple[tuple[int, int, int], ...] | None = attrs.field(
         default=None, converter=lambda s: None if s is None else tuple(tuple(int(x) for x in w) for w in s)
     )
+    #: curve (instead of ``path``, a calc-dirty-rate JSON): distinct pages dirtied since a clean
+    #: start, as QEMU's calc-dirty-rate reports them: at these times (ms, increasing) ...
+    curve_periods_ms: tuple[float, ...] | None = _field(
+        None, _optional(_number_list(0.0, lo_open=True)), "workload.curve_periods_ms", converter=_to_tuple
+    )
+    #: ... these many of the sampled pages (non-decreasing) ...
+    curve_dirty_pages: tuple[float, ...] | None = _field(
+        None, _optional(_number_list(0.0)), "workload.curve_dirty_pages", converter=_to_tuple
+    )
+    #: ... out of this many sampled pages (unset: the total pages: the counts are pages) ...
+    curve_sampled_pages: int | None = _field(None, _optional(_int_range(1)), "workload.curve_sampled_pages")
+    #: ... of a guest of this many pages (unset: this guest's); the curve is read as fractions
+    curve_total_pages: int | None = _field(None, _optional(_int_range(1)), "workload.curve_total_pages")
+    #: sampled pages found all zero: never dirtied, so the curve saturates below them
+    curve_zero_pages: int = _field(0, _int_range(0), "workload.curve_zero_pages")
 
 
 @attrs.frozen
@@ -263,14 +306,6 @@ class CollectorConfig:
 
     enabled: bool = _field(False, _bool, "collector.enabled")
     interval_us: float = _field(1000.0, _num_range(0.001, 1e9), "collector.interval_us")
-
-
-def _optional(validator):
-    def check(inst, attribute, value):
-        if value is not None:
-            validator(inst, attribute, value)
-
-    return check
 
 
 @attrs.frozen
@@ -413,6 +448,10 @@ class SimConfig:
             from pmlsim.workloads import validate_script
 
             validate_script(w.script, self.guest, source="workload.script")
+        if w.kind == "curve":
+            from pmlsim.workloads import curve_data
+
+            curve_data(self)  # validates the curve, inline or read from workload.path
 
     @property
     def duration_ns(self) -> int:

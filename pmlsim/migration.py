@@ -16,6 +16,9 @@ Stop rules (docs/migration.md has the sources):
   iteration cap.
 * ``xen`` (``xc_domain_save``): whole passes; switch over after 30 iterations, or when an
   iteration sent fewer than 50 pages, or when more than 3x guest memory has been sent.
+* ``qemu-pass``: whole passes with QEMU's test at the end of each: switch over when the pages
+  the sync found fit under the threshold (at the start: all of memory). This is the loop QEMU's
+  migration-time predictor (``scripts/predict_migration.py``) assumes.
 """
 
 from __future__ import annotations
@@ -136,6 +139,8 @@ class Migration:
         deadline = self._start + (round(max_ns * 1e6) if max_ns is not None else duration_ns)
         if self.mc.stop_rule == "qemu":
             yield from self._qemu(deadline)
+        elif self.mc.stop_rule == "qemu-pass":
+            yield from self._qemu_pass(deadline)
         else:
             yield from self._xen(deadline)
 
@@ -160,6 +165,24 @@ class Migration:
                 return (yield from self._stop_and_copy("downtime-limit"))
             if self.env.now >= deadline:
                 return self._give_up()
+
+    def _qemu_pass(self, deadline: int):
+        """QEMU's downtime test made once per whole pass, the model of QEMU's migration-time
+        predictor (pmlsim.theory.predict_migration): switch over as soon as the queued pages
+        fit in threshold = measured bandwidth x downtime limit (at the start, or after the sync
+        that ends a pass); otherwise send them all, then sync."""
+        mc = self.mc
+        chunk = max(1, int(mc.iteration_ms * 1e6 / self.ns_per_page))
+        while True:
+            if self.unsent * self.page_bytes <= self._bw_bytes_per_ns * mc.downtime_limit_ms * 1e6:
+                return (yield from self._stop_and_copy("downtime-limit"))
+            while self.unsent:
+                if self.env.now >= deadline:
+                    return self._give_up()
+                yield from self._send(min(self.unsent, chunk, self._pages_before(deadline)))
+            if self.env.now >= deadline:
+                return self._give_up()
+            yield from self._sync()
 
     def _xen(self, deadline: int):
         mc = self.mc

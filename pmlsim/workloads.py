@@ -13,6 +13,7 @@ depends on how the engine consumes it.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from pmlsim.config import PAGE_SIZE, ConfigError, GuestConfig, SimConfig, WorkloadConfig
 from pmlsim.ept import page_table_pages
+from pmlsim.theory import DIRTY_RATE_KEYS, concave_majorant, dirty_curve_knots
 
 CHUNK = 8192
 
@@ -98,6 +100,228 @@ class RandomStream(WriteStream):
         return out
 
 
+class CurveStream(WriteStream):
+    """The writes of one vCPU under ``kind = "curve"``: its pages of a set of cyclic sweeps.
+
+    A sweep writes its pages in turn, one every period/pages, so each page once per period.
+    Each sweep is given as (period_ns, phases_ns, gfns): page ``gfns[i]`` is written at
+    ``phases_ns[i] + k * period_ns`` (k = 0, 1, ...), phases sorted, in [0, period). Chunks
+    cover fixed windows of guest time sized for about CHUNK writes."""
+
+    def __init__(self, sweeps: list[tuple[int, np.ndarray, np.ndarray]]):
+        self.sweeps = [s for s in sweeps if len(s[1])]
+        rate = sum(len(ph) / period for period, ph, _ in self.sweeps)  # writes per ns
+        self.window_ns = max(1, math.ceil(CHUNK / rate)) if rate else 0
+        self._t = 0
+
+    def next_chunk(self):
+        if not self.sweeps:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)  # this vCPU has no pages to write
+        while True:
+            a, b = self._t, self._t + self.window_ns
+            self._t = b
+            parts = [_sweep_window(period, ph, g, a, b) for period, ph, g in self.sweeps]
+            times = np.concatenate([p[0] for p in parts])
+            if len(times):
+                gfns = np.concatenate([p[1] for p in parts])
+                order = np.argsort(times, kind="stable")
+                return times[order], gfns[order]
+
+
+def _sweep_window(period: int, ph: np.ndarray, g: np.ndarray, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """The writes of one sweep in guest time [a, b), in time order."""
+    k0, k1 = a // period, (b - 1) // period
+    first = int(np.searchsorted(ph, a - k0 * period))
+    if k0 == k1:
+        last = int(np.searchsorted(ph, b - k0 * period))
+        return ph[first:last] + k0 * period, g[first:last]
+    last = int(np.searchsorted(ph, b - k1 * period))
+    middle = np.arange(k0 + 1, k1, dtype=np.int64)[:, None] * period
+    times = [ph[first:] + k0 * period, (ph[None, :] + middle).ravel(), ph[:last] + k1 * period]
+    gfns = [g[first:], np.tile(g, len(middle)), g[:last]]
+    return np.concatenate(times), np.concatenate(gfns)
+
+
+#: the calc-dirty-rate keys and the workload settings that give them inline
+CURVE_FIELDS = {
+    "periods": "workload.curve_periods_ms",
+    "n-dirty-pages": "workload.curve_dirty_pages",
+    "n-sampled-pages": "workload.curve_sampled_pages",
+    "n-total-pages": "workload.curve_total_pages",
+    "n-zero-pages": "workload.curve_zero_pages",
+}
+
+
+def curve_data(config: SimConfig) -> dict:
+    """The dirty-rate curve of a ``kind = "curve"`` workload in QEMU's calc-dirty-rate format
+    (``pmlsim.theory.DIRTY_RATE_KEYS``), from ``workload.path`` or the ``curve_*`` settings,
+    validated. Unset counts default as documented: total = the guest's pages, sampled = total."""
+    w = config.workload
+    inline = [f for f in CURVE_FIELDS.values() if getattr(w, f.split(".")[1]) not in (None, 0)]
+    if w.path is not None:
+        if inline:
+            raise ConfigError(inline[0], getattr(w, inline[0].split(".")[1]), "cannot be set with workload.path")
+        data = read_curve_json(w.path)
+        names = {k: f"{w.path}: {k}" for k in DIRTY_RATE_KEYS}
+    else:
+        if w.curve_periods_ms is None or w.curve_dirty_pages is None:
+            missing = "workload.curve_periods_ms" if w.curve_periods_ms is None else "workload.curve_dirty_pages"
+            raise ConfigError(
+                missing, None, "workload.kind='curve' needs workload.path (a calc-dirty-rate JSON) or the curve inline"
+            )
+        total = w.curve_total_pages if w.curve_total_pages is not None else config.guest.pages
+        data = {
+            "page-size": PAGE_SIZE,
+            "periods": list(w.curve_periods_ms),
+            "n-dirty-pages": list(w.curve_dirty_pages),
+            "n-sampled-pages": w.curve_sampled_pages if w.curve_sampled_pages is not None else total,
+            "n-total-pages": total,
+            "n-zero-pages": w.curve_zero_pages,
+        }
+        names = {"page-size": "page-size", **CURVE_FIELDS}
+    _check_curve(data, names)
+    return data
+
+
+def _check_curve(data: dict, names: dict[str, str]) -> None:
+    periods, dirty = data["periods"], data["n-dirty-pages"]
+    for key in ("periods", "n-dirty-pages"):
+        v = data[key]
+        if not isinstance(v, list) or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in v
+        ):
+            raise ConfigError(names[key], v, "must be a list of finite numbers >= 0")
+    for key in ("n-sampled-pages", "n-total-pages", "n-zero-pages", "page-size"):
+        if isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] < 0:
+            raise ConfigError(names[key], data[key], "must be an integer >= 0")
+    if data["page-size"] != PAGE_SIZE:
+        raise ConfigError(names["page-size"], data["page-size"], f"must be {PAGE_SIZE}: pmlsim models 4 KiB pages")
+    if len(periods) < 2:
+        raise ConfigError(
+            names["periods"], periods, "must have at least 2 points (D(t) is extrapolated from the first two)"
+        )
+    if len(dirty) != len(periods):
+        raise ConfigError(names["n-dirty-pages"], dirty, f"must have one count per period ({len(periods)})")
+    total, sampled, zero = data["n-total-pages"], data["n-sampled-pages"], data["n-zero-pages"]
+    if total < 1:
+        raise ConfigError(names["n-total-pages"], total, "must be in [1, inf]")
+    if not 1 <= sampled <= total:
+        raise ConfigError(names["n-sampled-pages"], sampled, f"must be in [1, {total}] (the total pages)")
+    if zero > sampled:
+        raise ConfigError(names["n-zero-pages"], zero, f"must be in [0, {sampled}] (the sampled pages)")
+    for i in range(len(periods)):
+        if periods[i] <= 0 or (i and periods[i] <= periods[i - 1]):
+            low = f"> {periods[i - 1]}, the period before it" if i else "> 0"
+            raise ConfigError(f"{names['periods']}[{i}]", periods[i], f"must be {low}: periods increase")
+        if i and dirty[i] < dirty[i - 1]:
+            raise ConfigError(
+                f"{names['n-dirty-pages']}[{i}]", dirty[i],
+                f"must be >= {dirty[i - 1]}, the count before it: distinct pages since a clean start never decrease",
+            )  # fmt: skip
+        if dirty[i] > sampled - zero:
+            raise ConfigError(
+                f"{names['n-dirty-pages']}[{i}]", dirty[i],
+                f"must be in [0, {sampled - zero}] (the {sampled} sampled pages less the {zero} zero pages)",
+            )  # fmt: skip
+
+
+def read_curve_json(path: str | Path) -> dict:
+    """A calc-dirty-rate result as JSON: what ``query-dirty-rate`` returns in page-sampling
+    mode (QEMU >= 8.1), e.g. as ``scripts/predict_migration.py calc-dirty-rate`` prints it."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except OSError as exc:
+        raise ConfigError("workload.path", str(p), f"cannot be read ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError("workload.path", str(p), f"is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("workload.path", str(p), "must hold a JSON object (query-dirty-rate's result)")
+    if "return" in data and isinstance(data["return"], dict):
+        data = data["return"]  # a raw QMP reply
+    missing = [k for k in DIRTY_RATE_KEYS if k not in data]
+    if missing:
+        raise ConfigError(
+            f"{p}: {missing[0]}", None, f"is missing: the file needs {', '.join(DIRTY_RATE_KEYS)} (page-sampling mode)"
+        )
+    return {k: data[k] for k in DIRTY_RATE_KEYS}
+
+
+def guest_curve(config: SimConfig) -> dict:
+    """The curve as this guest's workload realises it: the calc-dirty-rate data rescaled to the
+    pages the workload writes (guest memory less the guest page tables when
+    ``tracking.guest_pt_walks``), so that ``pmlsim.theory.predict_migration`` runs on the same
+    curve as the simulation."""
+    data = dict(curve_data(config))
+    data["n-total-pages"] = _writable_pages(config)
+    return data
+
+
+def _writable_pages(config: SimConfig) -> int:
+    guest = config.guest
+    return page_table_pages(guest.pages)[0] if config.tracking.guest_pt_walks else guest.pages
+
+
+#: a curve's jump at t = 0 (pages dirtied "at once") is a sweep of this fraction of the first period
+HOT_SWEEP_FRACTION = 0.1
+
+
+def curve_sweeps(config: SimConfig) -> list[tuple[float, float]]:
+    """The sweeps that realise the curve: (period in ms, pages before rounding), shortest period
+    first.
+
+    The workload's D(t) is the concave majorant of the predictor's curve (equal to it when that
+    is concave). With knots t_j and slopes s_j after them (s = 0 after the last), a sweep of
+    period t_j over t_j (s_(j-1) - s_j) pages contributes pages x min(t/t_j, 1) to any window of
+    length t, and the sum is D(t) - D(0). D(0) > 0 (a jump) is a sweep of D(0) pages with
+    period HOT_SWEEP_FRACTION x the first measured period."""
+    data = guest_curve(config)
+    knots = concave_majorant(dirty_curve_knots(data))
+    out = []
+    if knots[0][1] > 0:
+        out.append((HOT_SWEEP_FRACTION * data["periods"][0], knots[0][1]))
+    for j in range(1, len(knots)):
+        (ta, da), (tb, db) = knots[j - 1], knots[j]
+        before = (db - da) / (tb - ta)
+        after = (knots[j + 1][1] - db) / (knots[j + 1][0] - tb) if j + 1 < len(knots) else 0.0
+        out.append((tb, tb * (before - after)))
+    return out
+
+
+def curve_streams(config: SimConfig) -> list[WriteStream]:
+    """One :class:`CurveStream` per vCPU: the sweeps of :func:`curve_sweeps` over a fixed random
+    permutation of the writable pages (seeded by ``seed``), each sweep's pages evenly spaced in
+    phase with a random offset, so that any window of t ms holds D(t) distinct pages to within
+    one page per sweep. ``partitioned``: a page belongs to the vCPU whose slice holds it;
+    ``shared``: pages go to the vCPUs in turn along the permutation."""
+    guest, w = config.guest, config.workload
+    n = _writable_pages(config)
+    sweeps = curve_sweeps(config)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(config.seed)))
+    perm = rng.permutation(n).astype(np.int64)
+    # whole pages, rounded cumulatively so that the total is D's ceiling rounded
+    ends = np.minimum(np.maximum.accumulate(np.round(np.cumsum([m for _, m in sweeps]))).astype(np.int64), n)
+    if w.sharing == "partitioned":
+        starts = np.array([lo for lo, _ in regions(guest, "partitioned", n)], dtype=np.int64)
+        owner = np.searchsorted(starts, perm, side="right") - 1
+    else:
+        owner = np.arange(n, dtype=np.int64) % guest.vcpus
+    per_vcpu: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in range(guest.vcpus)]
+    lo = 0
+    for (period_ms, _), hi in zip(sweeps, ends, strict=True):
+        pages, own, m = perm[lo:hi], owner[lo:hi], int(hi - lo)
+        lo = int(hi)
+        if m == 0:
+            continue
+        period = max(1, round(period_ms * 1e6))
+        phases = np.floor((np.arange(m) + rng.random()) * (period / m)).astype(np.int64)
+        phases = np.minimum(phases, period - 1)
+        for v in range(guest.vcpus):
+            mine = own == v
+            per_vcpu[v].append((period, phases[mine], pages[mine]))
+    return [CurveStream(s) for s in per_vcpu]
+
+
 def _coprime_stride(n: int) -> int:
     s = max(1, int(n * 0.6180339887)) | 1
     while math.gcd(s, n) != 1:
@@ -170,6 +394,8 @@ def make_streams(config: SimConfig) -> list[WriteStream]:
             order = np.argsort(mine[:, 0], kind="stable")
             streams.append(ScriptStream(mine[order, 0], mine[order, 2] // PAGE_SIZE))
         return streams
+    if w.kind == "curve":
+        return curve_streams(config)
     seeds = np.random.SeedSequence(config.seed).spawn(guest.vcpus)
     regs = regions(guest, w.sharing, end)
     return [

@@ -28,7 +28,10 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
     superpage = draw(st.sampled_from(SAFE_SUPERPAGE if safe else [*SAFE_SUPERPAGE, "naive"]))
     drain, invept = (True, True) if safe else (draw(st.booleans()), draw(st.booleans()))
     rearm_style = draw(st.sampled_from(["eager", "eager", "lazy"]))
-    kind = draw(st.sampled_from(["uniform", "hotcold", "zipf", "sequential", "script"]))
+    kind = draw(st.sampled_from(["uniform", "hotcold", "zipf", "sequential", "script", "curve"]))
+    # curve: distinct pages (of 100 sampled) after 0.05, 0.2 and 0.5 ms; the first two shapes
+    # start at 0 (no hot sweep), the third jumps (a hot sweep) and saturates below 50 zero pages
+    curve = draw(st.sampled_from([((1, 6, 9), 0), ((2, 10, 30), 0), ((2, 4, 5), 50)]))
     script = None
     if kind == "script":
         # few distinct times and pages: many same-ns ties between vCPUs, many shared leaves
@@ -66,7 +69,7 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
             "migration": MigrationConfig(
                 bandwidth_mbit_s=draw(st.sampled_from([262144.0, 32768.0])),
                 page_header_bytes=0,
-                stop_rule=draw(st.sampled_from(["qemu", "xen"])),
+                stop_rule=draw(st.sampled_from(["qemu", "xen", "qemu-pass"])),
                 downtime_limit_ms=draw(st.sampled_from([0.02, 0.3])),
                 iteration_ms=draw(st.sampled_from([0.05, 50.0])),
                 rearm="before-send" if safe else draw(st.sampled_from(["before-send", "after-send"])),
@@ -94,6 +97,10 @@ def configs(draw, safe: bool = False, engine: str = "fast") -> SimConfig:
             writes_per_s_per_vcpu=rate,
             sharing=draw(st.sampled_from(["partitioned", "shared"])),
             script=script,
+            curve_periods_ms=(0.05, 0.2, 0.5),
+            curve_dirty_pages=curve[0],
+            curve_sampled_pages=100,
+            curve_zero_pages=curve[1],
         ),
         checkpoint=CheckpointConfig(
             enabled=draw(st.sampled_from([False, False, True])), epoch_ms=draw(st.sampled_from([0.004, 0.03]))
