@@ -47,11 +47,19 @@ def scenario_config(mib: int, vcpus: int, kind: str, ms: float) -> SimConfig:
 
 
 def e2e_config() -> SimConfig:
+    """The end-to-end target: 64 GiB, 64 vCPUs, hot/cold at 1M writes/s each, 25 Gbit/s, QEMU rule.
+
+    The hot set is 0.1 % of memory taking 99.9 % of the writes. With pmlsim's default hot/cold
+    (5 % of pages take 95 % of writes) the cold writes alone dirty 3.2M pages/s against a link
+    that sends 761,000 pages/s, so the migration never converges under the QEMU rule (QEMU would
+    need auto-converge, whose throttled vCPUs leave the fast engine's independent lanes)."""
     return SimConfig(
         seed=1,
         duration_ms=600_000,
         guest=GuestConfig(memory_mib=64 * 1024, vcpus=64),
-        workload=WorkloadConfig(kind="hotcold", writes_per_s_per_vcpu=1e6),
+        workload=WorkloadConfig(
+            kind="hotcold", writes_per_s_per_vcpu=1e6, hot_fraction=0.001, hot_write_fraction=0.999
+        ),
         migration=MigrationConfig(bandwidth_mbit_s=25_000, stop_rule="qemu"),
     )
 
@@ -84,13 +92,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the first three scenarios only")
     ap.add_argument("--e2e", action="store_true", help="also the 64 GiB / 64 vCPU migration")
+    ap.add_argument("--e2e-only", action="store_true", help="only the 64 GiB / 64 vCPU migration")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {mp.cpu_count()} cores, Python {sys.version.split()[0]}")
     print("writes at 10M/s per vCPU, PML 512 entries, collector every 1 ms; reference rate extrapolated")
     print("from its shorter run; 'same' = fast and reference results identical on that run")
     head = f"{'scenario':<28} {'fast w/s':>12} {'ref w/s':>10} {'ratio':>7} {'events':>9} {'RSS MiB':>8} same"
     print(head)
-    scenarios = SCENARIOS[:3] if args.quick else SCENARIOS
+    scenarios = [] if args.e2e_only else SCENARIOS[:3] if args.quick else SCENARIOS
     for name, mib, vcpus, kind, fast_ms, ref_ms in scenarios:
         cfg = scenario_config(mib, vcpus, kind, fast_ms)
         writes, events, wall, rss, _ = measure(cfg)
@@ -103,7 +112,7 @@ def main() -> None:
             f"{name:<28} {f_rate:>12,.0f} {r_rate:>10,.0f} {f_rate / r_rate:>6.1f}x {events:>9,} {rss:>8,.0f} {same}",
             flush=True,
         )
-    if args.e2e:
+    if args.e2e or args.e2e_only:
         writes, events, wall, rss, d = measure(e2e_config())
         m = d["migration"]
         print(

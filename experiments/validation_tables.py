@@ -214,12 +214,39 @@ def predictor_tables() -> None:
     posting_curve()
 
 
+def shared_link() -> None:
+    from pmlsim import simulate_many
+
+    print("\n## Two identical guests sharing one 1 Gbit/s link: migration time, one alone and each of two")
+    print(
+        f"{'memory':>6} {'writes/s/vCPU':>13} {'alone ms':>10} {'shared ms (0, 1)':>22} {'ratio':>13}"
+        f" {'pages alone':>11} {'pages shared':>15} {'lost':>4}"
+    )
+    for mib, writes in [(64, 0), (128, 0), (256, 0), (64, 5000), (64, 10000)]:
+        cfg = SimConfig(
+            guest=GuestConfig(memory_mib=mib, vcpus=2),
+            workload=WorkloadConfig(writes_per_s_per_vcpu=writes),
+            migration=MigrationConfig(bandwidth_mbit_s=1000, downtime_limit_ms=30),
+        )
+        alone = simulate(cfg).migration
+        shared = simulate_many([cfg, cfg])
+        ms = [r.migration for r in shared]
+        times = ", ".join(f"{m.migration_time_ns / 1e6:.3f}" for m in ms)
+        ratios = ", ".join(f"{m.migration_time_ns / alone.migration_time_ns:.3f}" for m in ms)
+        pages = ", ".join(f"{m.total_pages_sent}" for m in ms)
+        print(
+            f"{mib:>6} {writes:>13} {alone.migration_time_ns / 1e6:>10.3f} {times:>22} {ratios:>13}"
+            f" {alone.total_pages_sent:>11} {pages:>15} {sum(r.lost_pages for r in shared):>4}"
+        )
+
+
 TABLES = {
     "occupancy": occupancy,
     "precopy": precopy,
     "geometric": geometric,
     "predictor": predictor_tables,
     "idle": idle,
+    "shared-link": shared_link,
 }
 
 if __name__ == "__main__":

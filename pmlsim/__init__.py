@@ -18,7 +18,7 @@ from pmlsim.config import (
 from pmlsim.hypervisor import Faults
 from pmlsim.migration import MigrationResult, Round
 from pmlsim.results import Result
-from pmlsim.sim import simulate
+from pmlsim.sim import simulate, simulate_many
 from pmlsim.trace import FileTrace, ListTrace, Trace
 from pmlsim.vcpu import VmExit
 from pmlsim.verify import LostPage
@@ -47,5 +47,6 @@ __all__ = [
     "WorkloadConfig",
     "load_config",
     "simulate",
+    "simulate_many",
 ]
 __version__ = "0.1.0"

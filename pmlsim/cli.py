@@ -1,13 +1,17 @@
-"""Command line: ``pmlsim run [CONFIG.toml] [--set section.key=value ...] [--json] [--trace FILE]``."""
+"""Command line: ``pmlsim run [CONFIG.toml] [--set section.key=value ...] [--json] [--trace FILE] [--guests N]``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
-from pmlsim.config import ConfigError, load_config
-from pmlsim.sim import simulate
+import attrs
+
+from pmlsim.config import ConfigError, SimConfig, load_config
+from pmlsim.link import DEFAULT_QUANTUM_PAGES
+from pmlsim.sim import simulate, simulate_many
 from pmlsim.trace import FileTrace
 
 
@@ -26,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     run.add_argument("--trace", metavar="FILE", help="write every model event to FILE (.csv or .jsonl)")
+    run.add_argument(
+        "--guests",
+        type=int,
+        default=1,
+        metavar="N",
+        help="migrate N guests like this one (seeds seed, seed+1, ...) over one shared link (default 1)",
+    )
     cp = sub.add_parser("compare", help="run the same workload and seed under each tracking mechanism")
     cp.add_argument("config", nargs="?", help="TOML config file")
     cp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -121,6 +132,23 @@ def _sweep(args) -> int:
     return 0
 
 
+def _run_shared(config: SimConfig, args) -> str:
+    """``pmlsim run --guests N``: N guests, seeds seed..seed+N-1, one link; the text to print."""
+    if args.trace:
+        raise ConfigError("--trace", args.trace, "cannot be used with --guests above 1 (traces: simulate_many)")
+    configs = [attrs.evolve(config, seed=config.seed + i) for i in range(args.guests)]
+    results = simulate_many(configs)
+    if args.json:
+        return json.dumps({"guests": [r.to_dict() for r in results]}, indent=2)
+    lines = [
+        f"pmlsim: {args.guests} guests migrating over one {config.migration.bandwidth_mbit_s:,.0f} Mbit/s link"
+        f" (deficit round robin, turns of {DEFAULT_QUANTUM_PAGES} pages)"
+    ]
+    for i, r in enumerate(results):
+        lines += ["", f"guest {i} (seed {r.seed}):", r.summary()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -137,13 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tune":
             return _tune(args)
         config = load_config(args.config, args.overrides)
-        trace = None
-        if args.trace:
-            try:
-                trace = FileTrace(args.trace)
-            except OSError as exc:
-                raise ConfigError("--trace", args.trace, f"cannot be written ({exc.strerror})") from exc
-        result = simulate(config, trace=trace)
+        if args.guests < 1:
+            raise ConfigError("--guests", args.guests, "must be >= 1")
+        if args.guests > 1:
+            text = _run_shared(config, args)
+        else:
+            trace = None
+            if args.trace:
+                try:
+                    trace = FileTrace(args.trace)
+                except OSError as exc:
+                    raise ConfigError("--trace", args.trace, f"cannot be written ({exc.strerror})") from exc
+            result = simulate(config, trace=trace)
+            text = result.to_json() if args.json else result.summary()
     except ConfigError as exc:
         print(f"pmlsim: error: {exc}", file=sys.stderr)
         return 2
@@ -151,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print("pmlsim: interrupted", file=sys.stderr)
         return 130
     try:
-        print(result.to_json() if args.json else result.summary())
+        print(text)
         sys.stdout.flush()
     except BrokenPipeError:  # `pmlsim run --json | head`: the reader went away; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -33,6 +33,7 @@ import simpy
 from pmlsim.config import PAGE_SIZE, SimConfig
 from pmlsim.guest import Guest
 from pmlsim.hypervisor import Hypervisor, SyncRecord
+from pmlsim.link import Link
 from pmlsim.memory import GuestMemory
 from pmlsim.trace import Trace
 from pmlsim.verify import ConsumerCopy
@@ -91,6 +92,7 @@ class Migration:
         guest: Guest,
         memory: GuestMemory,
         trace: Trace,
+        link: Link | None = None,
     ):
         self.env = env
         self.config = config
@@ -130,6 +132,9 @@ class Migration:
         self._period_new_dirty = 0
         self._high_count = 0
         self._delivered = 0
+        #: None: the link is this migration's own (``simulate``); else its stream on a shared link
+        self.stream = link.stream(guest, self.mc.page_header_bytes, self._receive, trace) if link else None
+        self._iteration_ns = round(self.mc.iteration_ms * 1e6)
 
     # ------------------------------------------------------------ the process
     def run(self, duration_ns: int):
@@ -157,7 +162,7 @@ class Migration:
                 # the cheap estimate (pages still queued) is above the threshold: keep sending
                 if self.env.now >= deadline:
                     return self._give_up()
-                yield from self._send(min(self.unsent, chunk, self._pages_before(deadline)))
+                yield from self._send(min(self.unsent, chunk, self._pages_before(deadline)), deadline)
                 continue
             # the estimate is under the threshold: sync for the exact figure
             yield from self._sync()
@@ -193,7 +198,7 @@ class Migration:
             while self.unsent:
                 if self.env.now >= deadline:
                     return self._give_up()
-                yield from self._send(min(self.unsent, chunk, self._pages_before(deadline)))
+                yield from self._send(min(self.unsent, chunk, self._pages_before(deadline)), deadline)
             iterations += 1
             sent_this_iter = self.pages_sent - sent_before
             if iterations >= mc.xen_max_iterations:
@@ -210,17 +215,30 @@ class Migration:
         return max(1, int((deadline - self.env.now) / self.ns_per_page))
 
     # ------------------------------------------------------------ sending
-    def _send(self, n: int):
-        """Send the next ``n`` queued pages back to back; each is copied as it starts."""
+    def _send(self, n: int, deadline: int | None = None):
+        """Send the next ``n`` queued pages back to back; each is copied as it starts.
+
+        On a shared link the pages go in the link's turns, and sending stops at the end of
+        ``iteration_ms`` (or at ``deadline``); the pages not sent by then go back to the head of
+        the queue. (``n`` fills ``iteration_ms`` at the full link rate, so on a link of its own
+        the migration always sends all ``n``.)"""
         env = self.env
         pages = self.queue[self.pos : self.pos + n]
         self.pos += n
         self.queued[pages] = False
-        t0 = env.now
-        times = t0 + np.floor(np.arange(n) * self.ns_per_page).astype(np.int64)
-        self.guest.read_pages(times, pages, self._receive)
-        self.trace.emit(t0, "send", pages=n)
-        yield env.timeout(int(np.ceil(n * self.ns_per_page)))
+        if self.stream is None:
+            t0 = env.now
+            times = t0 + np.floor(np.arange(n) * self.ns_per_page).astype(np.int64)
+            self.guest.read_pages(times, pages, self._receive)
+            self.trace.emit(t0, "send", pages=n)
+            yield env.timeout(int(np.ceil(n * self.ns_per_page)))
+        else:
+            until = None if deadline is None else min(env.now + self._iteration_ns, deadline)
+            sent = yield from self.stream.transmit(pages, until)
+            if sent < n:
+                self.pos -= n - sent
+                self.queued[pages[sent:]] = True
+                pages, n = pages[:sent], sent
         self.pages_sent += n
         self._round_pages += n
         if self.mc.rearm == "after-send":

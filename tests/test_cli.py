@@ -144,3 +144,24 @@ def test_trace_csv_and_jsonl_record_every_event(tmp_path):
     assert {"time_ns", "event", "vcpu", "gfn", "gpa"} <= first.keys()
     header = (tmp_path / "t.csv").read_text().splitlines()[0]
     assert header == "time_ns,event,vcpu,gfn,gpa,detail"
+
+
+def test_run_guests_migrates_several_guests_over_one_link():
+    idle = ["--set", "guest.memory_mib=16", "--set", "workload.writes_per_s_per_vcpu=0"]
+    link = ["--set", "migration.bandwidth_mbit_s=1000"]
+    p = _cli("run", "--guests", "2", *idle, *link)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("pmlsim: 2 guests migrating over one 1,000 Mbit/s link")
+    assert "guest 0 (seed 0):" in p.stdout and "guest 1 (seed 1):" in p.stdout
+    assert p.stdout.count("verification        OK") == 2
+    out = json.loads(_cli("run", "--guests", "2", "--json", *idle, *link).stdout)
+    assert [g["seed"] for g in out["guests"]] == [0, 1]
+    times = [g["migration"]["migration_time_ns"] for g in out["guests"]]
+    assert all(g["lost_pages"] == 0 and g["verified"] for g in out["guests"])
+    assert 0 < max(times) - 2 * 16 * 256 * 32832 < 10_000  # both guests' pages on the wire, and syncs
+    for args, line in [
+        (["--guests", "0"], "pmlsim: error: --guests=0: must be >= 1"),
+        (["--guests", "2", *link, "--set", "migration.enabled=false"], "pmlsim: error: guests[0].migration.enabled"),
+    ]:
+        p = _cli("run", *args)
+        assert p.returncode == 2 and p.stderr.startswith(line), p.stderr
