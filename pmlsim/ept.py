@@ -51,7 +51,7 @@ class Ept:
         self.d_bit = self.leaf_state[:, 9].view(bool)
         self.w_bit[:] = True
         #: the fast engine's scratch: the last window in which a lane wrote the leaf
-        self.lane_stamp = self.leaf_state[:, 10]
+        self.lane_stamp = self.leaf_state[:, 10:12].view(np.uint16).reshape(n_leaves)
         self.split = np.zeros(self.n_superpages, dtype=bool)
         #: Xen lazy re-arm: per 512-page leaf table, marked for recalculation by a CLEAN
         self.table_recalc = np.zeros((n_pages + 511) // 512, dtype=bool)

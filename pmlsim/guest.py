@@ -7,17 +7,18 @@ copying a page) at time t sees exactly the writes retired before t.
 
 * ``reference`` engine: one SimPy event per write, each processed alone with scalar code.
 * ``fast`` engine (default): the writes of all running vCPUs up to the next scheduled event
-  (``env.peek()``) are processed as numpy arrays, in one of two ways:
+  (``env.peek()``) are processed together, in one of two ways:
 
   - *independent lanes*, when no EPT leaf can be written by two vCPUs (partitioned regions, no
-    superpage straddling two): each vCPU's writes are processed on their own; its PML-full
-    exits are placed in its lane and handled inline (drain, stall) when they end before the
-    window does, since such an exit changes nothing another vCPU or consumer can see before
-    the next event. An exit that would still be running then, or a write to a
-    write-protected leaf, ends the window and runs as a SimPy process.
-  - *merged*, otherwise: all writes are merged in time order and the window is cut exactly at
-    the first write that changes what follows (a PML-full write, a write to a write-protected
-    leaf), which then takes its VM exit as a SimPy process.
+    superpage straddling two): each vCPU's writes are walked on their own, write by write, by
+    compiled kernels (``pmlsim.lanes``); its PML-full exits are placed in its lane and handled
+    inline (drain, stall) when they end before the window does, since such an exit changes
+    nothing another vCPU or consumer can see before the next event. An exit that would still be
+    running then, or a write to a write-protected superpage, ends the window and runs as a
+    SimPy process.
+  - *merged*, otherwise: all writes are merged in time order as numpy arrays and the window is
+    cut exactly at the first write that changes what follows (a PML-full write, a write to a
+    write-protected leaf), which then takes its VM exit as a SimPy process.
 
   Within a window D bits only go 0 -> 1, so "the first write to a clean leaf logs" is the first
   occurrence of that leaf. Both ways give the reference's results write for write; only the
@@ -116,6 +117,8 @@ class Guest:
         #: the current window's stamp in ``ept.lane_stamp`` (pmlsim.lanes.plan's scratch)
         self._wid = 0
         self._buffers: dict[str, np.ndarray] = {}
+        #: a bit per page: the pages read in this window (pmlsim.lanes.writes_to's scratch)
+        self._read_marks: np.ndarray | None = None
 
     def read_pages(self, times: np.ndarray, pages: np.ndarray, sink) -> None:
         """Schedule reads of ``pages`` at ``times`` (non-decreasing, not before now).
@@ -126,14 +129,16 @@ class Guest:
             assert int(times[0]) >= self.env.now
             self._reads.append(PageReads(np.asarray(times, np.int64), np.asarray(pages, np.int64), sink))
 
-    def _do_reads(self, G: np.ndarray, T: np.ndarray, limit: int, inclusive: bool) -> None:
+    def _do_reads(self, G: np.ndarray, T: np.ndarray, limit: int, inclusive: bool, bounds=None) -> None:
         """Perform the reads up to ``limit``: each sees the version before this window plus the
-        window's writes ``(G, T)`` (about to retire) to that page strictly before the read."""
+        window's writes ``(G, T)`` (about to retire) to that page strictly before the read.
+        ``bounds``: (starts, stops) when only writes ``starts[l]:stops[l]`` retire."""
         kw = None
+        side = "right" if inclusive else "left"
         while self._reads:
             batch = self._reads[0]
             ts = batch.times[batch.pos :]
-            k = int(np.searchsorted(ts, limit, side="right" if inclusive else "left"))
+            k = int(np.searchsorted(ts, limit, side=side))
             if k == 0:
                 return
             t_sel = ts[:k]
@@ -141,7 +146,7 @@ class Guest:
             ver = self.memory.version[p_sel].copy()
             if len(G):
                 if kw is None:
-                    kw = np.sort((G << TIME_BITS) | (T - self.env.now))
+                    kw = self._write_keys(G, T, limit, side, bounds)
                 ks = (p_sel << TIME_BITS) | (t_sel - self.env.now)
                 ver += np.searchsorted(kw, ks, "left") - np.searchsorted(kw, p_sel << TIME_BITS, "left")
             batch.pos += k
@@ -149,6 +154,22 @@ class Guest:
             if batch.pos < len(batch.times):
                 return
             self._reads.popleft()
+
+    def _write_keys(self, G: np.ndarray, T: np.ndarray, limit: int, side: str, bounds) -> np.ndarray:
+        """Sorted (page, time) keys of the window's writes to the pages read up to ``limit``
+        (only those: the window can hold millions of writes and a few thousand reads)."""
+        due = []
+        for b in self._reads:
+            ts = b.times[b.pos :]
+            k = int(np.searchsorted(ts, limit, side=side))
+            due.append(b.pages[b.pos : b.pos + k])
+            if k < len(ts):
+                break
+        if self._read_marks is None:
+            self._read_marks = np.zeros((self.ept.n_pages + 63) // 64, np.uint64)
+        starts, stops = bounds if bounds is not None else (np.array([0, len(G)]), np.array([len(G)]))
+        idx = lanes.writes_to(G, starts, stops, np.concatenate(due), self._read_marks)
+        return np.sort((G[idx] << TIME_BITS) | (T[idx] - self.env.now))
 
     def _next_read(self) -> tuple[int, int] | None:
         while self._reads:
@@ -407,14 +428,15 @@ class Guest:
         ept = self.ept
         running = [vc for vc in self.vcpus if vc.running]
         takes = []
+        batch = MAX_BATCH
         for vc in running:
             v = vc.index
-            self._fill(v, MAX_BATCH + 1)
+            self._fill(v, batch + 1)
             p = self._pos[v]
-            t = self._t[v][p : p + MAX_BATCH + 1]
+            t = self._t[v][p : p + batch + 1]
             off = vc.base_sim_ns - vc.base_guest_ns  # guest time to simulated time, at full speed
-            want = self._batch_end(v, t, MAX_BATCH)
-            if want > MAX_BATCH:
+            want = self._batch_end(v, t, batch)
+            if want > batch:
                 t = self._t[v][p : p + want + 1]
             if len(t) > want and int(t[want]) + off < horizon:
                 horizon = int(t[want]) + off
@@ -441,24 +463,21 @@ class Guest:
         size = vcs[0].pml.size
         c = hv.pml_full_exit_ns(size) if self.pml_enabled else hv.write_fault_exit_ns()
         self._wid += 1
-        if self._wid > 255:  # the stamps are bytes: start a new cycle
+        if self._wid > 0xFFFF:  # the stamps are 16-bit: start a new cycle
             ept.lane_stamp[:] = 0
             self._wid = 1
         eff2, ex_pos = self._scratch("eff2", n), self._scratch("ex_pos", n)
         n_ex = np.empty(L + 1, np.int64)
-        first_wp = np.empty(L, np.int64)
-        stop = np.empty(L, np.int64)
+        first_wp, walked, stop = np.empty(L, np.int64), np.empty(L, np.int64), np.empty(L, np.int64)
         free = np.array([vc.pml.free for vc in vcs], dtype=np.int64)
         identity = ept.identity()
         limit, owner, owner_pos, owner_exit = lanes.plan(
             E, G, starts, np.array(offs, np.int64), vbits, free, size, c, horizon, self.pml_enabled, ept.n_pages,
             identity, ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.lane_stamp, self._wid,
-            eff2, ex_pos, n_ex, first_wp, stop,
+            eff2, ex_pos, n_ex, first_wp, walked, stop,
         )  # fmt: skip
         if self._reads:
-            keep = [np.arange(starts[i], stop[i]) for i in range(L)]
-            kept = np.concatenate(keep)
-            self._do_reads(G[kept], eff2[kept], limit=limit, inclusive=True)
+            self._do_reads(G, eff2, limit=limit, inclusive=True, bounds=(starts, stop))
         self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity)
         if owner < 0:
             return int(limit), None

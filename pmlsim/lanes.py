@@ -71,7 +71,7 @@ def _first_end_at_or_after(eff2, ex_pos, a, ne, limit):
 def plan(
     E, G, starts, offset, vbits, free, size, c, horizon, pml_enabled, n_pages, identity,
     leaf_of_gfn, d_bit, w_bit, tlb_dirty, seen, wid,
-    eff2, ex_pos, n_ex, first_wp, stops,
+    eff2, ex_pos, n_ex, first_wp, walked, stops,
 ):  # fmt: skip
     """Pass 1. ``E``: each write's guest time; lanes are ``starts[l]`` to ``starts[l+1]``; a
     lane's write retires at simulated time ``E + offset[l]`` plus its earlier exits in this
@@ -80,10 +80,14 @@ def plan(
     Fills ``eff2`` (each write's simulated time), the exits of each lane
     (``ex_pos[starts[l]:][:n_ex[l]]``: the writes that exit; each retires ``c`` after its exit
     starts), ``first_wp`` (a write that must fault as a SimPy exit, or the lane's end) and
-    ``stops``. Returns (limit, owner lane, owner write, owner is a PML-full exit); the owner
-    lane is -1 when every exit before ``horizon`` is inline."""
+    ``stops``; ``walked[l]``: where the walk of lane l stopped. Returns (limit, owner lane,
+    owner write, owner is a PML-full exit); the owner lane is -1 when every exit before
+    ``horizon`` is inline."""
     L = len(starts) - 1
     sink = 0
+    # A lane is walked only until a write at or past ``bound``, a limit no later than the final
+    # one: what lies beyond cannot retire in this window (exits only lower the limit).
+    bound = horizon
     for lane in range(L):
         a, b = starts[lane], starts[lane + 1]
         vb = vbits[lane]
@@ -92,6 +96,7 @@ def plan(
         logs = 0
         ne = 0
         fw = b
+        end_walk = b
         for blk in range(a, b, BLOCK):
             end = min(blk + BLOCK, b)
             sink += _touch_leaves(G, blk, end, identity, leaf_of_gfn, seen)
@@ -103,6 +108,7 @@ def plan(
                     if pml_enabled or leaf >= n_pages:
                         eff2[i] = E[i] + shift
                         fw = i  # split-on-write superpage (or any fault under PML): a SimPy exit
+                        end_walk = i + 1
                         break
                     # write protection: the fault marks the page and makes the leaf writable
                     seen[leaf] = wid
@@ -117,10 +123,20 @@ def plan(
                         ne += 1
                     logs += 1
                 eff2[i] = E[i] + shift
-            if fw < b:
+                if eff2[i] >= bound:
+                    end_walk = i + 1
+                    break
+            if end_walk < b or fw < b:
                 break
         n_ex[lane] = ne
         first_wp[lane] = fw
+        walked[lane] = end_walk
+        # this lane's own cut (its exit running at the bound, or its fault) lowers the bound
+        j = _first_end_at_or_after(eff2, ex_pos, a, ne, bound)
+        if j < ne and eff2[ex_pos[a + j]] - c < bound:
+            bound = eff2[ex_pos[a + j]] - c
+        elif fw < b and eff2[fw] < bound:
+            bound = eff2[fw]
 
     # the limit: the horizon, or the start of the earliest exit still running at the limit
     limit = horizon
@@ -150,7 +166,7 @@ def plan(
     # each lane retires its writes before the limit, never past an exit still running there
     for lane in range(L):
         a, fw = starts[lane], first_wp[lane]
-        lo, hi = a, fw
+        lo, hi = a, min(fw, walked[lane])
         while lo < hi:
             mid = (lo + hi) // 2
             if eff2[mid] < limit:
@@ -256,3 +272,27 @@ def commit(
         n_exits[lane] = exits
     n_exits[L] = sink  # keeps the touches (an extra slot nobody reads)
     return nx, nd, nl
+
+
+@njit(cache=True, nogil=True)
+def writes_to(G, starts, stops, pages, marks):
+    """Indexes of the writes ``G[starts[l]:stops[l]]`` (every lane l) that go to one of
+    ``pages``, in order. ``marks``: a zeroed bit per page, left zeroed."""
+    for p in pages:
+        marks[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+    n = 0
+    for lane in range(len(stops)):
+        for i in range(starts[lane], stops[lane]):
+            g = G[i]
+            n += (marks[g >> 6] >> np.uint64(g & 63)) & np.uint64(1)
+    out = np.empty(n, np.int64)
+    k = 0
+    for lane in range(len(stops)):
+        for i in range(starts[lane], stops[lane]):
+            g = G[i]
+            if (marks[g >> 6] >> np.uint64(g & 63)) & np.uint64(1):
+                out[k] = i
+                k += 1
+    for p in pages:
+        marks[p >> 6] = 0
+    return out
