@@ -96,3 +96,18 @@ def test_fast_engine_equals_reference_under_write_protection_with_inlined_faults
         **COLLECTOR,
     )
     _assert_same(config)
+
+
+def test_fast_engine_equals_reference_when_pages_are_sent_while_16_lanes_take_inlined_exits():
+    # 16 partitioned vCPUs with 16-entry buffers under a migration: the compiled lanes inline
+    # many PML-full exits per window while migration reads pages inside the same windows (each
+    # read must see exactly the writes retired before it)
+    config = SimConfig(
+        seed=17,
+        duration_ms=1,
+        guest=GuestConfig(memory_mib=8, vcpus=16),
+        pml=PmlConfig(buffer_entries=16),
+        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=5e6),
+        migration=MigrationConfig(bandwidth_mbit_s=65536, downtime_limit_ms=0.05, iteration_ms=0.2),
+    )
+    _assert_same(config)
