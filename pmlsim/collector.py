@@ -106,7 +106,13 @@ class Collector:
         yield from self.collect(final=True)
 
     def _on_read(self, t_ns: int) -> None:
-        self._this_read = self.memory.snapshot(t_ns)
+        if self.on_collect is not None:  # the callback gets memory as it was at the read
+            self._this_read = self.memory.snapshot(t_ns)
+            return
+        # Only the pages this copy is behind on can be late or lost at the next collection: on
+        # every other page the copy already holds the version of the read (copies only grow).
+        behind = np.flatnonzero(self.memory.version > self.copy.version)
+        self._this_read = self.memory.snapshot(t_ns, behind)
 
     def collect(self, final: bool):
         """One collection: sync, take the collected pages' versions, verify."""
@@ -115,19 +121,28 @@ class Collector:
         self.copy.note_sync(rec)
         pages = rec.collected
         copy = self.copy.version
-        before = copy.copy() if self._prev_read is not None else None
+        prev = self._prev_read
+        if prev is None:
+            before = None
+        else:  # the copy before this collection's take, where the previous read is compared
+            before = copy.copy() if prev.pages is None else copy[prev.pages]
         self.copy.take(pages, self.memory.version[pages], self.env.now)
         self.pages_collected += len(pages)
         strict = final or rec.drained_and_stopped
         late = 0
-        if before is not None:
-            prev = self._prev_read.version
-            late = int(np.count_nonzero((before < prev) & (copy >= prev)))
+        if prev is not None:
+            # late: behind at the previous read, caught up only by this collection
+            after = copy if prev.pages is None else copy[prev.pages]
+            late = int(np.count_nonzero((before < prev.version) & (after >= prev.version)))
             self.late_pages += late
         if strict:
             lost = self.copy.check(self.memory.version, None, self.env.now)
-        elif self._prev_read is not None:
-            lost = self.copy.check(self._prev_read.version, self._prev_read, self.env.now)
+        elif prev is not None:
+            lost = (
+                self.copy.check(prev.version, prev, self.env.now)
+                if prev.pages is None
+                else self.copy.check_pages(prev, self.env.now)
+            )
         else:
             lost = 0
         self._prev_read = self._this_read

@@ -391,7 +391,7 @@ class SimConfig:
     seed: int = _field(0, _int_range(0, 2**63 - 1), "seed")
     #: simulated time limit; a migration ends the run earlier when it completes
     duration_ms: float = _field(5000.0, _num_range(0.0, 1e7, lo_open=True), "duration_ms")
-    #: ``fast`` (vectorised, exact) or ``reference`` (one write at a time).
+    #: ``fast`` (windows between events, exact) or ``reference`` (one write at a time).
     engine: str = _field("fast", _choice(ENGINES), "engine")
     guest: GuestConfig = attrs.field(factory=GuestConfig)
     pml: PmlConfig = attrs.field(factory=PmlConfig)

@@ -318,7 +318,7 @@ class Guest:
 
     # ------------------------------------------------------------ fast engine
     def run_fast(self):
-        """Process writes window by window, vectorised, with exact cuts."""
+        """Process writes window by window (compiled lanes or numpy arrays), with exact cuts."""
         env = self.env
         while True:
             horizon = min(self._peek(), env.now + MAX_WINDOW_NS)

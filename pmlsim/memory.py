@@ -53,13 +53,15 @@ def last_occurrence(keys: np.ndarray) -> np.ndarray:
 
 @attrs.define(eq=False)
 class MemorySnapshot:
-    """Versions and last writers of every page at one instant (a bitmap read)."""
+    """Versions and last writers of every page at one instant (a bitmap read), or of the pages
+    ``pages`` only (the arrays are then aligned with ``pages``)."""
 
     time_ns: int
     version: np.ndarray
     last_vcpu: np.ndarray
     last_time_ns: np.ndarray
     last_kind: np.ndarray
+    pages: np.ndarray | None = None
 
 
 #: one record per page, so that retiring a write touches one cache line (the fast engine)
@@ -94,6 +96,7 @@ class GuestMemory:
         self.last_time_ns[gfn] = t_ns
         self.last_kind[gfn] = kind
 
-    def snapshot(self, t_ns: int) -> MemorySnapshot:
-        pages = self.pages.copy()  # one copy of the records, their fields are views
-        return MemorySnapshot(t_ns, pages["version"], pages["last_vcpu"], pages["last_time_ns"], pages["last_kind"])
+    def snapshot(self, t_ns: int, pages: np.ndarray | None = None) -> MemorySnapshot:
+        """Every page's record now, or only those of ``pages``."""
+        rec = self.pages.copy() if pages is None else self.pages[pages]  # fields are views
+        return MemorySnapshot(t_ns, rec["version"], rec["last_vcpu"], rec["last_time_ns"], rec["last_kind"], pages)

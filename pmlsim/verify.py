@@ -87,27 +87,37 @@ class ConsumerCopy:
         ``snap`` names the last writers when ``required`` is a snapshot's versions; otherwise
         they are read from guest memory now."""
         bad = np.flatnonzero((self.version < required) & (required > self._reported))
+        return self._report(bad, required[bad], snap if snap is not None else self.memory, bad, now_ns)
+
+    def check_pages(self, snap: MemorySnapshot, now_ns: int) -> int:
+        """:meth:`check` against a snapshot of some pages only (``snap.pages``, ascending): the
+        pages this copy was behind on at the snapshot; on every other page it is up to date."""
+        pages, required = snap.pages, snap.version
+        sel = np.flatnonzero((self.version[pages] < required) & (required > self._reported[pages]))
+        return self._report(pages[sel], required[sel], snap, sel, now_ns)
+
+    def _report(self, bad: np.ndarray, required: np.ndarray, src, at: np.ndarray, now_ns: int) -> int:
+        """Report pages ``bad`` lost; their last writers are ``src``'s arrays at ``at``."""
         if self.pages is not None:
-            bad = bad[(bad >= self.pages[0]) & (bad < self.pages[1])]
-        src = snap if snap is not None else self.memory
-        for g in bad:
-            g = int(g)
+            keep = (bad >= self.pages[0]) & (bad < self.pages[1])
+            bad, required, at = bad[keep], required[keep], at[keep]
+        for g, req, i in zip(bad.tolist(), required.tolist(), at.tolist(), strict=True):
             lp = LostPage(
                 gfn=g,
-                vcpu=int(src.last_vcpu[g]),
-                write_time_ns=int(src.last_time_ns[g]),
-                version=int(required[g]),
+                vcpu=int(src.last_vcpu[i]),
+                write_time_ns=int(src.last_time_ns[i]),
+                version=req,
                 cause=(
                     "never-sent"
                     if self.version[g] < 0
-                    else self.cause(g, int(src.last_kind[g]), int(src.last_time_ns[g]))
+                    else self.cause(g, int(src.last_kind[i]), int(src.last_time_ns[i]))
                 ),
                 detected_ns=int(now_ns),
                 consumer=self.consumer,
             )
             self.lost.append(lp)
             self.trace.emit(now_ns, "lost_page", lp.vcpu, g, cause=lp.cause, write_time_ns=lp.write_time_ns)
-        self._reported[bad] = required[bad]
+        self._reported[bad] = required
         return len(bad)
 
     def cause(self, gfn: int, kind: int, write_time_ns: int) -> str:
