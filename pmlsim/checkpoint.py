@@ -48,7 +48,7 @@ class Checkpointer:
         self.hv = hv
         self.memory = memory
         self.trace = trace
-        hv.bitmap.view(NAME)
+        hv.dirty_log.view(NAME)
         # the backup starts as the guest was when logging started: every page at version 0
         self.backup = ConsumerCopy(config, hv, memory, trace, consumer=NAME)
         self.epochs: list[Epoch] = []

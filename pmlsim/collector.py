@@ -80,7 +80,7 @@ class Collector:
         self.interval_us = config.collector.interval_us if interval_us is None else interval_us
         #: GFNs ``[first, end)`` this consumer tracks (VRAM tracking), or all of memory
         self.pages = pages or (0, len(memory.version))
-        hv.bitmap.view(name, *self.pages)
+        hv.dirty_log.view(name, *self.pages)
         self.copy = ConsumerCopy(config, hv, memory, trace, pages=self.pages, consumer=name)
         #: a collection in progress (the driver waits for it before a last collection)
         self.idle: simpy.Event = env.event().succeed()

@@ -521,7 +521,7 @@ class Guest:
             reason = VmExit.PML_FULL
         else:
             if nx:
-                hv.bitmap.mark(G[ex_rec[:, 0]])
+                hv.dirty_log.mark(G[ex_rec[:, 0]])
             reason = VmExit.EPT_VIOLATION
         n_ret, n_ex, idxs = (stop - starts[:-1]).tolist(), n_exits[:L].tolist(), pml_index.tolist()
         counts = zip(vcs, n_ex, n_ret, idxs, n_logged.tolist(), last_end.tolist(), strict=True)

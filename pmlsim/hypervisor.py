@@ -77,7 +77,7 @@ class Hypervisor:
         config: SimConfig,
         ept: Ept,
         vcpus: list[Vcpu],
-        bitmap: DirtyLog,
+        dirty_log: DirtyLog,
         trace: Trace,
         faults: Faults | None = None,
     ):
@@ -99,7 +99,7 @@ class Hypervisor:
         self.sync_config = config.sync
         self.ept = ept
         self.vcpus = vcpus
-        self.bitmap = bitmap
+        self.dirty_log = dirty_log
         self.trace = trace
         self.faults = faults or Faults()
         self.stats = HypervisorStats()
@@ -156,7 +156,7 @@ class Hypervisor:
         """QEMU's ``kvm_dirty_ring_reap`` (a generator): every ring's entries go into the VMM's
         dirty bitmap, the rings are reset, which re-arms those GFNs (clear D), then TLB flush."""
         gfns = np.unique(np.concatenate([r.harvest_and_reset() for r in self.rings]))
-        self.bitmap.mark(gfns)
+        self.dirty_log.mark(gfns)
         self.stats.reaps += 1
         self.trace.emit(self.env.now, "ring_reap", pages=len(gfns))
         if len(gfns) and self.costs.pml_flush_per_entry_ns:
@@ -182,7 +182,7 @@ class Hypervisor:
         if self.rings is not None:
             self.rings[vcpu.index].push(gfns)
         else:
-            self.bitmap.mark(gfns)
+            self.dirty_log.mark(gfns)
 
     def _write_fault(self, gfn: int, vcpu: Vcpu) -> int:
         """Write to a write-protected leaf while logging (Xen ``hvm_hap_nested_page_fault``, KVM
@@ -260,8 +260,8 @@ class Hypervisor:
             # look up the leaf of each logged GFN and mark all of its 4 KiB pages
             leaves = np.unique(self.ept.leaf_of_gfn[gfns])
             for leaf in leaves[self.ept.is_superpage(leaves)]:
-                self.bitmap.mark(self.ept.leaf_gfns(int(leaf)))
-        self.bitmap.mark(gfns)
+                self.dirty_log.mark(self.ept.leaf_gfns(int(leaf)))
+        self.dirty_log.mark(gfns)
 
     # ------------------------------------------------------------ kicks and pauses
     def kick(self, vcpu: Vcpu, reason: VmExit = VmExit.KICK) -> None:
@@ -364,8 +364,8 @@ class Hypervisor:
         if self.rings is not None:
             # harvest every ring (entries marked F_RESET) and reset them: KVM_RESET_DIRTY_RINGS;
             # the VMM puts them in every consumer's view, then reads its own
-            self.bitmap.mark(np.unique(np.concatenate([r.harvest_and_reset() for r in self.rings])))
-        collected = self.bitmap.read_and_clear(consumer)
+            self.dirty_log.mark(np.unique(np.concatenate([r.harvest_and_reset() for r in self.rings])))
+        collected = self.dirty_log.read_and_clear(consumer)
         rec.collected = collected
         if self.trace.enabled:
             self.trace.emit(

@@ -103,7 +103,7 @@ class Migration:
         self.trace = trace
         # the destination starts empty: a page never received is -1, older than any version
         self.dest = ConsumerCopy(config, hv, memory, trace, initial_version=-1, consumer="migration")
-        hv.bitmap.view("migration")
+        hv.dirty_log.view("migration")
         self.dest.rearms_after_taking = self.mc.rearm == "after-send"
         n = len(memory.version)
         self.n_pages = n

@@ -47,10 +47,10 @@ class _Machine:
         self.ept = ept = Ept(n_pages, guest_cfg.leaf_ranges())
         pml_area = PmlArea(guest_cfg.vcpus, config.pml.buffer_entries)
         self.vcpus = vcpus = [Vcpu(env, i, config.pml.buffer_entries, pml_area) for i in range(guest_cfg.vcpus)]
-        bitmap = DirtyLog(n_pages)
+        dirty_log = DirtyLog(n_pages)
         self.memory = memory = GuestMemory(n_pages)
         self.initial_leaves = ept.leaf_count()
-        self.hv = hv = Hypervisor(env, config, ept, vcpus, bitmap, trace, faults)
+        self.hv = hv = Hypervisor(env, config, ept, vcpus, dirty_log, trace, faults)
         self.guest = guest = Guest(
             env,
             ept,
