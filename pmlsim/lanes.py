@@ -37,7 +37,7 @@ BLOCK = 32
 @njit(cache=True, nogil=True)
 def _touch_leaves(G, lo, hi, identity, leaf_of_gfn, leaf_byte):
     """Load the leaf records of writes ``lo:hi`` before processing them. The loads are
-    independent, so the CPU overlaps their cache misses; the processing loop, whose branches
+    independent, so the CPU can overlap their cache misses; the processing loop, whose branches
     depend on each load, then finds them in cache (a software prefetch)."""
     s = 0
     for j in range(lo, hi):
