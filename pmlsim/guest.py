@@ -16,9 +16,10 @@ copying a page) at time t sees exactly the writes retired before t.
     nothing another vCPU or consumer can see before the next event. An exit that would still be
     running then, or a write to a write-protected superpage, ends the window and runs as a
     SimPy process.
-  - *merged*, otherwise: all writes are merged in time order as numpy arrays and the window is
-    cut exactly at the first write that changes what follows (a PML-full write, a write to a
-    write-protected leaf), which then takes its VM exit as a SimPy process.
+  - *merged*, otherwise: all writes are merged in time order and retired one by one by a
+    compiled pass (``pmlsim.merged``) up to exactly the first write that needs an exit (a
+    PML-full write, a write to a write-protected leaf), which then takes its VM exit as a SimPy
+    process.
 
   Within a window D bits only go 0 -> 1, so "the first write to a clean leaf logs" is the first
   occurrence of that leaf. Both ways give the reference's results write for write; only the
@@ -35,7 +36,7 @@ import attrs
 import numpy as np
 import simpy
 
-from pmlsim import lanes
+from pmlsim import lanes, merged
 from pmlsim.ept import Ept, walk_gfns
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory, first_occurrence, stable_order
 from pmlsim.pml import PmlArea, hdbss_entries
@@ -117,6 +118,7 @@ class Guest:
         #: the current window's stamp in ``ept.lane_stamp`` (pmlsim.lanes.plan's scratch)
         self._wid = 0
         self._buffers: dict[str, np.ndarray] = {}
+        self._no_walk = np.zeros(0, dtype=bool)
         #: a bit per page: the pages read in this window (pmlsim.lanes.writes_to's scratch)
         self._read_marks: np.ndarray | None = None
 
@@ -129,10 +131,13 @@ class Guest:
             assert int(times[0]) >= self.env.now
             self._reads.append(PageReads(np.asarray(times, np.int64), np.asarray(pages, np.int64), sink))
 
-    def _do_reads(self, G: np.ndarray, T: np.ndarray, limit: int, inclusive: bool, bounds=None) -> None:
+    def _do_reads(
+        self, G: np.ndarray, T: np.ndarray, limit: int, inclusive: bool, bounds=None, retired: bool = False
+    ) -> None:
         """Perform the reads up to ``limit``: each sees the version before this window plus the
-        window's writes ``(G, T)`` (about to retire) to that page strictly before the read.
-        ``bounds``: (starts, stops) when only writes ``starts[l]:stops[l]`` retire."""
+        window's writes ``(G, T)`` (about to retire; ``retired``: already retired) to that page
+        strictly before the read. ``bounds``: (starts, stops) when only writes
+        ``starts[l]:stops[l]`` retire."""
         kw = None
         side = "right" if inclusive else "left"
         while self._reads:
@@ -148,7 +153,12 @@ class Guest:
                 if kw is None:
                     kw = self._write_keys(G, T, limit, side, bounds)
                 ks = (p_sel << TIME_BITS) | (t_sel - self.env.now)
-                ver += np.searchsorted(kw, ks, "left") - np.searchsorted(kw, p_sel << TIME_BITS, "left")
+                first = np.searchsorted(kw, p_sel << TIME_BITS, "left")
+                before = np.searchsorted(kw, ks, "left") - first  # the page's writes before the read
+                if retired:  # memory holds all of them: take back those at or after the read
+                    ver -= np.searchsorted(kw, (p_sel + 1) << TIME_BITS, "left") - first - before
+                else:
+                    ver += before
             batch.pos += k
             batch.sink(p_sel, ver, t_sel)
             if batch.pos < len(batch.times):
@@ -318,7 +328,8 @@ class Guest:
 
     # ------------------------------------------------------------ fast engine
     def run_fast(self):
-        """Process writes window by window (compiled lanes or numpy arrays), with exact cuts."""
+        """Process writes window by window (compiled lanes or a compiled merged pass), with exact
+        cuts."""
         env = self.env
         while True:
             horizon = min(self._peek(), env.now + MAX_WINDOW_NS)
@@ -588,95 +599,55 @@ class Guest:
     def _retire_window(
         self, T: np.ndarray, V: np.ndarray, G: np.ndarray, horizon: int, walk: np.ndarray | None = None
     ) -> tuple[int, VmExit | None]:
-        """Retire the longest prefix of the window that needs no exit. Returns (cut, reason)."""
-        ept = self.ept
+        """Retire the longest prefix of the window that needs no exit (``pmlsim.merged``,
+        compiled). Returns (cut, reason)."""
+        ept, mem, nv = self.ept, self.memory, len(self.vcpus)
         n = len(G)
-        leaf = ept.leaf_of_gfn[G]
-        vbit = np.left_shift(np.uint64(1), V.astype(np.uint64))
-        held = (ept.tlb_dirty[leaf] & vbit) != 0
-        wp = ~ept.w_bit[leaf] & ~held  # a TLB entry cached as writable skips the check
-        cut, reason = n, None
-        if wp.any():
-            cut, reason = int(np.argmax(wp)), VmExit.EPT_VIOLATION
-        recalc = ept.table_recalc[G >> 9]
-        if recalc.any() and int(np.argmax(recalc)) <= cut:  # checked before the permissions
-            cut, reason = int(np.argmax(recalc)), VmExit.EPT_MISCONFIG
-        d0 = ~ept.d_bit[leaf]
-        # writes that must set a D bit (and log): clean leaf, not cached dirty in this TLB
-        cand = np.flatnonzero(d0[:cut] & ~held[:cut]) if self.pml_enabled else np.zeros(0, np.int64)
-        if len(cand):
-            log_pos = np.sort(cand[first_occurrence(leaf[cand])])
-        else:
-            log_pos = cand
-        # PML-full: the (free+1)-th logging write of a vCPU in this window
-        nv = len(self.vcpus)
-        log_v = V[log_pos]
-        rank = log_pos  # placeholder when nothing logs
-        if len(log_pos):
-            # rank of each logging write among its vCPU's logging writes in this window
-            order = np.argsort(log_v, kind="stable")
-            sv = log_v[order]
-            rank = np.empty(len(order), np.int64)
-            rank[order] = np.arange(len(order)) - np.searchsorted(sv, sv, "left")
-            free = np.fromiter((vc.pml.free for vc in self.vcpus), np.int64, nv)
-            over = np.flatnonzero(rank >= free[log_v])
-            if len(over) and log_pos[over[0]] < cut:
-                cut, reason = int(log_pos[over[0]]), self.full_reason
-            keep = log_pos < cut
-            log_pos, log_v, rank = log_pos[keep], log_v[keep], rank[keep]
+        log_index = np.array([vc.pml.pml_index for vc in self.vcpus], dtype=np.int64)
+        n_writes, n_walks, n_logged = np.zeros(nv, np.int64), np.zeros(nv, np.int64), np.zeros(nv, np.int64)
+        trace = self.trace.enabled
+        log_rec = self._scratch("log_rec", 2 * n if trace else 0).reshape(-1, 2)
+        walk_flags = walk if walk is not None else self._no_walks(n)
+        cut, why, nl = merged.retire(
+            T, V, G, walk_flags, ept.n_pages, ept.identity(), ept.leaf_of_gfn, ept.leaf_base, ept.leaf_pages,
+            ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.table_recalc, self.pml_enabled, self.hdbss,
+            mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
+            self.pml_area.gpa, self.pml_area.log_time_ns, log_index,
+            n_writes, n_walks, n_logged, log_rec, trace,
+        )  # fmt: skip
+        reason = {
+            merged.NO_CUT: None,
+            merged.CUT_MISCONFIG: VmExit.EPT_MISCONFIG,
+            merged.CUT_VIOLATION: VmExit.EPT_VIOLATION,
+            merged.CUT_FULL: self.full_reason,
+        }[why]
         if self._reads:
-            # reads up to the cut write's time (they precede it), or up to the horizon
+            # reads up to the cut write's time (they precede it), or up to the horizon; the
+            # window's writes have retired, so each read takes back those at or after it
             if cut < n:
-                self._do_reads(G[:cut], T[:cut], limit=int(T[cut]), inclusive=True)
+                self._do_reads(G[:cut], T[:cut], limit=int(T[cut]), inclusive=True, retired=True)
             else:
-                self._do_reads(G, T, limit=horizon, inclusive=False)
-        if cut == 0:
-            return cut, reason
-        # ---- retire the prefix [0, cut)
-        Lc, Vc, Gc, Tc = leaf[:cut], V[:cut], G[:cut], T[:cut]
-        logged_leaves = leaf[log_pos]
-        kind = np.where(Lc >= ept.n_pages, DIRTY_SUPER, DIRTY_4K).astype(np.int8)
-        stale = d0[:cut] & held[:cut]
-        if stale.any():
-            # stale only until some other vCPU's write sets the leaf's D bit in this window
-            first_log = np.full(cut, cut, dtype=np.int64)
-            if len(log_pos):
-                order = np.argsort(logged_leaves)
-                sl = logged_leaves[order]
-                j = np.searchsorted(sl, Lc)
-                jc = np.minimum(j, len(sl) - 1)
-                hit = sl[jc] == Lc
-                first_log = np.where(hit, log_pos[order][jc], cut)
-            stale &= np.arange(cut) < first_log
-            kind[stale] = STALE_TLB
-        kind[log_pos] = LOGGED
-        ept.d_bit[logged_leaves] = True
-        np.bitwise_or.at(ept.tlb_dirty, Lc, vbit[:cut])
-        self.memory.retire(Gc, Vc, Tc, kind)
-        data = slice(None) if walk is None else ~walk[:cut]
-        counts = np.bincount(Vc[data], minlength=nv)
-        walks = np.bincount(Vc[~data], minlength=nv) if walk is not None else None
-        logged = np.bincount(log_v, minlength=nv)
-        if len(log_pos):
-            # PML entries of every vCPU at once: entry k of a vCPU goes to its index minus k
-            top = np.fromiter((vc.pml.pml_index for vc in self.vcpus), np.int64, nv)
-            idx = top[log_v] - rank
-            self.pml_area.gpa[log_v, idx] = self._entries(G[log_pos], leaf[log_pos])
-            self.pml_area.log_time_ns[log_v, idx] = T[log_pos]
-        if walks is not None:
-            for v in np.flatnonzero(walks).tolist():
-                self.vcpus[v].walk_writes += int(walks[v])
-        for v in np.flatnonzero(counts | logged).tolist():
-            vc = self.vcpus[v]
-            c, lc = int(counts[v]), int(logged[v])
+                self._do_reads(G, T, limit=horizon, inclusive=False, retired=True)
+        per_vcpu = (n_writes.tolist(), n_walks.tolist(), n_logged.tolist(), log_index.tolist())
+        for vc, c, w, lc, idx in zip(self.vcpus, *per_vcpu, strict=True):
+            if not (c or w or lc):
+                continue
+            v = vc.index
             self._pos[v] += c
             vc.writes += c
+            vc.walk_writes += w
             vc.logged += lc
-            vc.pml.pml_index -= lc
+            vc.pml.pml_index = idx
             if c:
                 self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * lc / c, 1e-4)
-        if self.trace.enabled:
-            for p, i in zip(log_pos.tolist(), idx.tolist() if len(log_pos) else [], strict=True):
+        if trace:
+            for p, i in log_rec[:nl].tolist():
                 vc = self.vcpus[int(V[p])]
                 self.trace.emit(int(T[p]), "write_logged", int(V[p]), int(G[p]), **self._index_detail(vc, i))
         return cut, reason
+
+    def _no_walks(self, n: int) -> np.ndarray:
+        """``n`` False flags: no write of the window is a page-table walk's."""
+        if len(self._no_walk) < n:
+            self._no_walk = np.zeros(max(n, 2 * len(self._no_walk)), dtype=bool)
+        return self._no_walk[:n]

@@ -28,27 +28,16 @@ def stable_order(keys: np.ndarray) -> np.ndarray:
     return np.sort(keys * n + np.arange(n)) % n
 
 
-def _group_edges(keys: np.ndarray, first: bool) -> np.ndarray:
+def first_occurrence(keys: np.ndarray) -> np.ndarray:
+    """Index of the first occurrence of each distinct key (cheaper than ``np.unique``)."""
+    if not len(keys):
+        return np.zeros(0, np.int64)
     order = stable_order(keys)
     s = keys[order]
     edge = np.empty(len(s), dtype=bool)
-    if first:
-        edge[0] = True
-        np.not_equal(s[1:], s[:-1], out=edge[1:])
-    else:
-        edge[-1] = True
-        np.not_equal(s[1:], s[:-1], out=edge[:-1])
+    edge[0] = True
+    np.not_equal(s[1:], s[:-1], out=edge[1:])
     return order[edge]
-
-
-def first_occurrence(keys: np.ndarray) -> np.ndarray:
-    """Index of the first occurrence of each distinct key (cheaper than ``np.unique``)."""
-    return _group_edges(keys, first=True) if len(keys) else np.zeros(0, np.int64)
-
-
-def last_occurrence(keys: np.ndarray) -> np.ndarray:
-    """Index of the last occurrence of each distinct key."""
-    return _group_edges(keys, first=False) if len(keys) else np.zeros(0, np.int64)
 
 
 @attrs.define(eq=False)
@@ -80,15 +69,6 @@ class GuestMemory:
         self.last_kind = self.pages["last_kind"]
         self.last_vcpu[:] = -1
         self.last_time_ns[:] = -1
-
-    def retire(self, gfn: np.ndarray, vcpu: np.ndarray, t_ns: np.ndarray, kind: np.ndarray) -> None:
-        """Writes (in time order) retired: bump versions, remember each page's last writer."""
-        np.add.at(self.version, gfn, 1)
-        last = last_occurrence(gfn)
-        pages = gfn[last]
-        self.last_vcpu[pages] = vcpu[last]
-        self.last_time_ns[pages] = t_ns[last]
-        self.last_kind[pages] = kind[last]
 
     def retire_one(self, gfn: int, vcpu: int, t_ns: int, kind: int) -> None:
         self.version[gfn] += 1

@@ -1,0 +1,76 @@
+"""The fast engine's merged windows, compiled: every vCPU's writes in time order, one by one.
+
+Used when two vCPUs may write one leaf (shared memory, scripts) or a feature needs the writes
+in global order (throttled vCPUs, dirty rings, HDBSS, Xen's lazy re-arm, page-table walks). The
+window's writes arrive sorted by (time, vCPU); :func:`retire` applies the reference engine's
+rules (``Guest._write_one``) to each in turn and stops at the first write that needs a VM exit
+(a table marked for recalculation, a write-protected leaf, a full log), which then takes its
+exit as a SimPy process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB
+
+#: why :func:`retire` stopped (``Guest._retire_window`` maps them to VM exits)
+NO_CUT, CUT_MISCONFIG, CUT_VIOLATION, CUT_FULL = 0, 1, 2, 3
+
+
+@njit(cache=True, nogil=True)
+def retire(
+    T, V, G, walk, n_pages, identity, leaf_of_gfn, leaf_base, leaf_pages,
+    d_bit, w_bit, tlb_dirty, table_recalc, pml_enabled, hdbss,
+    version, last_vcpu, last_time, last_kind, log_gpa, log_time, log_index,
+    n_writes, n_walks, n_logged, log_rec, trace,
+):  # fmt: skip
+    """Retire writes ``(T, V, G)`` in order until one needs an exit. ``walk[i]``: write i is a
+    page-table write of a walk. ``log_index`` (per vCPU) is the PML index, updated in place;
+    ``n_*`` count per vCPU; ``log_rec`` rows (with ``trace``): (write, index used).
+    Returns (cut, why, logged-write records)."""
+    nl = 0
+    for i in range(len(G)):
+        g = G[i]
+        v = V[i]
+        leaf = g if identity else leaf_of_gfn[g]
+        vb = np.uint64(1) << np.uint64(v)
+        held = (tlb_dirty[leaf] & vb) != 0
+        if table_recalc[g >> 9]:  # Xen lazy re-arm: checked before the permissions
+            return i, CUT_MISCONFIG, nl
+        if not w_bit[leaf] and not held:  # a TLB entry cached as writable skips the check
+            return i, CUT_VIOLATION, nl
+        kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
+        if not d_bit[leaf]:
+            if held:
+                kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
+            elif pml_enabled:
+                idx = log_index[v]
+                if idx < 0:
+                    return i, CUT_FULL, nl  # the write finds the log full: it exits first
+                if hdbss:  # block-aligned entry with its level (Arm ARM D8.5.2.3)
+                    pages = leaf_pages[leaf]
+                    ttwl = 3 if pages == 1 else (2 if pages == 512 else 1)
+                    log_gpa[v, idx] = (leaf_base[leaf] << 12) | (ttwl << 1) | 1
+                else:
+                    log_gpa[v, idx] = g << 12  # PML: the 4 KiB-aligned GPA, whatever the leaf
+                log_time[v, idx] = T[i]
+                if trace:
+                    log_rec[nl, 0] = i
+                    log_rec[nl, 1] = idx
+                    nl += 1
+                log_index[v] = idx - 1
+                d_bit[leaf] = True
+                kind = LOGGED
+                n_logged[v] += 1
+        tlb_dirty[leaf] |= vb
+        version[g] += 1
+        last_vcpu[g] = v
+        last_time[g] = T[i]
+        last_kind[g] = kind
+        if walk[i]:
+            n_walks[v] += 1
+        else:
+            n_writes[v] += 1
+    return len(G), NO_CUT, nl
