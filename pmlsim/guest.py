@@ -109,7 +109,6 @@ class Guest:
         self._exhausted = [False] * nv
         self._eff: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(nv)]
         self._eff_key: list[tuple | None] = [None] * nv
-        self._vid = [np.full(MAX_BATCH + 1, v, dtype=np.int64) for v in range(nv)]
         #: recent fraction of each vCPU's writes that logged (sizes the fast engine's windows)
         self._log_ratio = [1.0] * nv
         self._reads: deque[PageReads] = deque()
@@ -352,7 +351,10 @@ class Guest:
                 # a performance guess: the window is cut exactly wherever it must be
                 want = min(MAX_BATCH, int((vc.pml.free + 1) / self._log_ratio[vc.index]) + 64)
                 eff, g = self._pending(vc.index, want + 1)
-                want = self._batch_end(vc.index, eff, want)
+                more = self._batch_end(vc.index, eff, want)
+                if more > want:  # all of one nanosecond's writes, past the usual share
+                    want = more
+                    eff, g = self._pending(vc.index, want + 1)
                 if len(eff) > want and eff[want] < horizon:
                     horizon = int(eff[want])
                 parts.append((eff, vc.index, g))
@@ -361,7 +363,7 @@ class Guest:
                 k = int(np.searchsorted(eff, horizon, side="left"))
                 if k:
                     sel_t.append(eff[:k])
-                    sel_v.append(self._vid[v][:k])
+                    sel_v.append(np.full(k, v, dtype=np.int64))
                     sel_g.append(g[:k])
             if not sel_t:
                 self._do_reads(G=np.zeros(0, np.int64), T=np.zeros(0, np.int64), limit=horizon, inclusive=False)
@@ -390,17 +392,18 @@ class Guest:
                 yield self._at(horizon)
 
     def _batch_end(self, v: int, times: np.ndarray, want: int) -> int:
-        """How many of a vCPU's pending writes (``times``) a window may take: ``want``, or, when
-        more than that fall in one nanosecond, all of that nanosecond's (so that the window can
-        end after it: ordering stays exact, time moves on)."""
-        if len(times) > want and times[want] == times[0]:
-            while len(times) > want and times[-1] == times[0] and not self._exhausted[v]:
-                want *= 2
-                self._fill(v, want + 1)
-                p = self._pos[v]
-                times = self._t[v][p : p + want + 1]
-            want = int(np.searchsorted(times, times[0], side="right"))
-        return want
+        """How many of a vCPU's pending writes (``times``, from its first) a window may take:
+        ``want``, or, when more than that fall in one nanosecond, all of that nanosecond's (so
+        that the window can end after it: ordering stays exact, time moves on)."""
+        if not (len(times) > want and times[want] == times[0]):
+            return want
+        n = 2 * want
+        while True:
+            eff, _ = self._pending(v, n + 1)
+            end = int(np.searchsorted(eff, eff[0], side="right"))
+            if end < len(eff) or self._exhausted[v]:
+                return end
+            n *= 2
 
     # ------------------------------------------------------------ fast engine, independent lanes
     def _lanes_now(self) -> bool:

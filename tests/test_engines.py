@@ -1,7 +1,7 @@
 """The fast engine gives exactly the reference engine's answers (same config, same seed)."""
 
 import attrs
-from conftest import COLLECTOR
+from conftest import COLLECTOR, KIB4
 from hypothesis import HealthCheck, given, settings
 from strategies import configs
 
@@ -109,5 +109,22 @@ def test_fast_engine_equals_reference_when_pages_are_sent_while_16_lanes_take_in
         pml=PmlConfig(buffer_entries=16),
         workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=5e6),
         migration=MigrationConfig(bandwidth_mbit_s=65536, downtime_limit_ms=0.05, iteration_ms=0.2),
+    )
+    _assert_same(config)
+
+
+def test_fast_engine_equals_reference_when_one_vcpu_has_more_than_a_batch_of_writes_in_one_ns():
+    # 10,000 scripted writes of vCPU 0 at t=100 ns (more than MAX_BATCH) and one of vCPU 1 at
+    # the same instant to the page vCPU 0 writes last: every write of vCPU 0 at that instant
+    # goes first (vCPU order), so vCPU 0's write logs the page; the window must take all of
+    # them at once, whatever is already pending
+    page = 20_000 * KIB4
+    script = [(100, 0, (i + 1) * KIB4) for i in range(9_999)] + [(100, 0, page), (100, 1, page)]
+    config = SimConfig(
+        duration_ms=0.01,
+        guest=GuestConfig(memory_mib=128, vcpus=2),
+        pml=PmlConfig(buffer_entries=65536),
+        workload=WorkloadConfig(kind="script", script=script),
+        **COLLECTOR,
     )
     _assert_same(config)
