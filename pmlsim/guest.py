@@ -401,7 +401,7 @@ class Guest:
         while True:
             eff, _ = self._pending(v, n + 1)
             end = int(np.searchsorted(eff, eff[0], side="right"))
-            if end < len(eff) or self._exhausted[v]:
+            if end < len(eff) or len(eff) <= n:  # a later write seen, or none is pending
                 return end
             n *= 2
 
