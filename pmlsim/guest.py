@@ -21,9 +21,8 @@ copying a page) at time t sees exactly the writes retired before t.
     PML-full write, a write to a write-protected leaf), which then takes its VM exit as a SimPy
     process.
 
-  Within a window D bits only go 0 -> 1, so "the first write to a clean leaf logs" is the first
-  occurrence of that leaf. Both ways give the reference's results write for write; only the
-  order in which events of one nanosecond are listed in a trace may differ
+  Both ways apply the reference's per-write rules and give its results write for write; only
+  the order in which events of one nanosecond are listed in a trace may differ
   (tests/test_engines.py checks it).
 """
 
@@ -53,6 +52,8 @@ NO_EVENT = np.iinfo(np.int64).max
 #: bits for a window-relative time in a (gfn, time) sort key; windows are shorter than this
 TIME_BITS = 36
 MAX_WINDOW_NS = 1 << (TIME_BITS - 1)
+#: the merged pass's walk flags when no write is a page-table walk's
+NO_WALKS = np.zeros(0, dtype=bool)
 
 
 @attrs.define(eq=False)
@@ -117,7 +118,6 @@ class Guest:
         #: the current window's stamp in ``ept.lane_stamp`` (pmlsim.lanes.plan's scratch)
         self._wid = 0
         self._buffers: dict[str, np.ndarray] = {}
-        self._no_walk = np.zeros(0, dtype=bool)
         #: a bit per page: the pages read in this window (pmlsim.lanes.writes_to's scratch)
         self._read_marks: np.ndarray | None = None
 
@@ -498,6 +498,15 @@ class Guest:
         reason = VmExit.PML_FULL if owner_exit and self.pml_enabled else VmExit.EPT_VIOLATION
         return int(limit), (vs[owner], reason, int(G[owner_pos]))
 
+    def _retired(self, vc: Vcpu, writes: int, logged: int, pml_index: int) -> None:
+        """Account for a window's retired writes of ``vc`` (walk writes apart) and its logging."""
+        vc.pml.pml_index = pml_index
+        vc.writes += writes
+        vc.logged += logged
+        self._pos[vc.index] += writes
+        if writes:
+            self._log_ratio[vc.index] = max(0.5 * self._log_ratio[vc.index] + 0.5 * logged / writes, 1e-4)
+
     def _scratch(self, name: str, n: int) -> np.ndarray:
         """A reusable int64 work array of ``n`` elements (no allocation per window)."""
         buf = self._buffers.get(name)
@@ -540,17 +549,12 @@ class Guest:
         n_ret, n_ex, idxs = (stop - starts[:-1]).tolist(), n_exits[:L].tolist(), pml_index.tolist()
         counts = zip(vcs, n_ex, n_ret, idxs, n_logged.tolist(), last_end.tolist(), strict=True)
         for vc, k, nr, idx, nl_v, end in counts:
-            vc.pml.pml_index = idx
             if k:
                 vc.exits[reason.value] += k
                 vc.stall_ns += k * c
                 vc.base_sim_ns += k * c
                 vc.resume_floor_ns = end
-            vc.writes += nr
-            vc.logged += nl_v
-            self._pos[vc.index] += nr
-            if nr:
-                self._log_ratio[vc.index] = max(0.5 * self._log_ratio[vc.index] + 0.5 * nl_v / nr, 1e-4)
+            self._retired(vc, nr, nl_v, idx)
         if trace:
             self._trace_lanes(vcs, starts, ex_rec, log_rec[:nl], drained_gfn, eff2, G, c, reason)
 
@@ -610,9 +614,9 @@ class Guest:
         n_writes, n_walks, n_logged = np.zeros(nv, np.int64), np.zeros(nv, np.int64), np.zeros(nv, np.int64)
         trace = self.trace.enabled
         log_rec = self._scratch("log_rec", 2 * n if trace else 0).reshape(-1, 2)
-        walk_flags = walk if walk is not None else self._no_walks(n)
         cut, why, nl = merged.retire(
-            T, V, G, walk_flags, ept.n_pages, ept.identity(), ept.leaf_of_gfn, ept.leaf_base, ept.leaf_pages,
+            T, V, G, NO_WALKS if walk is None else walk, ept.n_pages, ept.identity(),
+            ept.leaf_of_gfn, ept.leaf_base, ept.leaf_pages,
             ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.table_recalc, self.pml_enabled, self.hdbss,
             mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
             self.pml_area.gpa, self.pml_area.log_time_ns, log_index,
@@ -633,24 +637,10 @@ class Guest:
                 self._do_reads(G, T, limit=horizon, inclusive=False, retired=True)
         per_vcpu = (n_writes.tolist(), n_walks.tolist(), n_logged.tolist(), log_index.tolist())
         for vc, c, w, lc, idx in zip(self.vcpus, *per_vcpu, strict=True):
-            if not (c or w or lc):
-                continue
-            v = vc.index
-            self._pos[v] += c
-            vc.writes += c
             vc.walk_writes += w
-            vc.logged += lc
-            vc.pml.pml_index = idx
-            if c:
-                self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * lc / c, 1e-4)
+            self._retired(vc, c, lc, idx)
         if trace:
             for p, i in log_rec[:nl].tolist():
                 vc = self.vcpus[int(V[p])]
                 self.trace.emit(int(T[p]), "write_logged", int(V[p]), int(G[p]), **self._index_detail(vc, i))
         return cut, reason
-
-    def _no_walks(self, n: int) -> np.ndarray:
-        """``n`` False flags: no write of the window is a page-table walk's."""
-        if len(self._no_walk) < n:
-            self._no_walk = np.zeros(max(n, 2 * len(self._no_walk)), dtype=bool)
-        return self._no_walk[:n]

@@ -27,7 +27,7 @@ def retire(
     n_writes, n_walks, n_logged, log_rec, trace,
 ):  # fmt: skip
     """Retire writes ``(T, V, G)`` in order until one needs an exit. ``walk[i]``: write i is a
-    page-table write of a walk. ``log_index`` (per vCPU) is the PML index, updated in place;
+    page-table write of a walk (``walk`` empty: none is). ``log_index`` (per vCPU) is the PML index, updated in place;
     ``n_*`` count per vCPU; ``log_rec`` rows (with ``trace``): (write, index used).
     Returns (cut, why, logged-write records)."""
     nl = 0
@@ -69,7 +69,7 @@ def retire(
         last_vcpu[g] = v
         last_time[g] = T[i]
         last_kind[g] = kind
-        if walk[i]:
+        if len(walk) and walk[i]:
             n_walks[v] += 1
         else:
             n_writes[v] += 1
