@@ -1,6 +1,6 @@
 """Benchmark: the default (fast) engine against the reference engine on the same configs.
 
-    python benchmarks/run.py [--quick] [--e2e]
+    python benchmarks/run.py [--quick] [--only TEXT] [--e2e | --e2e-only]
 
 For each scenario, in one process run per engine (so that peak RSS is the scenario's own):
 simulated writes per wall second, SimPy events, peak RSS, and the ratio fast/reference. The
@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the first three scenarios only")
     ap.add_argument("--e2e", action="store_true", help="also the 64 GiB / 64 vCPU migration")
     ap.add_argument("--e2e-only", action="store_true", help="only the 64 GiB / 64 vCPU migration")
+    ap.add_argument("--only", metavar="TEXT", help="only the scenarios whose name contains TEXT")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {mp.cpu_count()} cores, Python {sys.version.split()[0]}")
     print("writes at 10M/s per vCPU, PML 512 entries, collector every 1 ms; reference rate extrapolated")
@@ -117,6 +118,8 @@ def main() -> None:
     head = f"{'scenario':<34} {'fast w/s':>12} {'ref w/s':>10} {'ratio':>7} {'events':>9} {'RSS MiB':>8} same"
     print(head)
     scenarios = [] if args.e2e_only else SCENARIOS[:3] if args.quick else SCENARIOS
+    if args.only:
+        scenarios = [s for s in scenarios if args.only in s[0]]
     for name, mib, vcpus, kind, fast_ms, ref_ms in scenarios:
         cfg = scenario_config(mib, vcpus, kind, fast_ms)
         writes, events, wall, rss, _ = measure(cfg)

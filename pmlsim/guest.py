@@ -120,6 +120,12 @@ class Guest:
         self._buffers: dict[str, np.ndarray] = {}
         #: a bit per page: the pages read in this window (pmlsim.lanes.writes_to's scratch)
         self._read_marks: np.ndarray | None = None
+        #: deferred exits in progress (SimPy process -> vCPU index); their events do not end windows
+        self._internal: dict[simpy.Process, int] = {}
+        #: a lane stopped at a deferred exit that has not started yet
+        self._blocked = [False] * nv
+        #: the limit of the current window with deferred exits (0: none), which catch-ups reach
+        self._defer_until = 0
 
     def read_pages(self, times: np.ndarray, pages: np.ndarray, sink) -> None:
         """Schedule reads of ``pages`` at ``times`` (non-decreasing, not before now).
@@ -333,7 +339,16 @@ class Guest:
         while True:
             horizon = min(self._peek(), env.now + MAX_WINDOW_NS)
             if self._lanes_now():
-                limit, cut = self._window_lanes(horizon)
+                defer = self._may_defer()
+                if defer:
+                    horizon = min(self._peek_lanes(), env.now + MAX_WINDOW_NS)
+                    read = self._next_read()
+                    defer = read is None or read[0] > horizon
+                    if not defer:
+                        horizon = min(self._peek(), env.now + MAX_WINDOW_NS)
+                limit, cut, deferred = self._window_lanes(horizon, defer=defer)
+                self._defer_until = limit if defer else 0
+                self._schedule_deferred(deferred)
                 if cut is None:
                     yield self._at(limit)
                     continue
@@ -434,13 +449,18 @@ class Guest:
                 running = True
         return running
 
-    def _window_lanes(self, horizon: int):
-        """Retire every lane up to a common limit, inlining the exits that end before it
-        (``pmlsim.lanes``: compiled, write by write). Returns (limit, None), or (limit, (vCPU,
-        reason, gfn)) for the one exit that must run as a SimPy process at the limit."""
+    def _window_lanes(self, horizon: int, running: list[Vcpu] | None = None, defer: bool = False):
+        """Retire every lane (of the running vCPUs, or of ``running``) up to a common limit,
+        inlining the exits that end before it (``pmlsim.lanes``: compiled, write by write).
+
+        Returns (limit, cut, deferred). ``cut``: None, or (vCPU, reason, gfn) for the one exit
+        that must run as a SimPy process at the limit. With ``defer`` there is no cut: the limit
+        is the horizon and ``deferred`` lists each lane's exit still running there, as (vCPU,
+        reason, gfn, start time), for :meth:`_schedule_deferred`."""
         hv = self.vcpus[0].hv
         ept = self.ept
-        running = [vc for vc in self.vcpus if vc.running]
+        if running is None:
+            running = [vc for vc in self.vcpus if vc.running]
         takes = []
         batch = MAX_BATCH
         for vc in running:
@@ -466,7 +486,7 @@ class Guest:
         if not vcs:
             if self._reads:
                 self._do_reads(np.zeros(0, np.int64), np.zeros(0, np.int64), limit=horizon, inclusive=True)
-            return horizon, None
+            return horizon, None, ()
         vs = [vc.index for vc in vcs]
         L = len(vs)
         starts = np.zeros(L + 1, np.int64)
@@ -485,18 +505,88 @@ class Guest:
         first_wp, walked, stop = np.empty(L, np.int64), np.empty(L, np.int64), np.empty(L, np.int64)
         free = np.array([vc.pml.free for vc in vcs], dtype=np.int64)
         identity = ept.identity()
+        deferred = np.empty(L, np.int64)
         limit, owner, owner_pos, owner_exit = lanes.plan(
             E, G, starts, np.array(offs, np.int64), vbits, free, size, c, horizon, self.pml_enabled, ept.n_pages,
             identity, ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.lane_stamp, self._wid,
-            eff2, ex_pos, n_ex, first_wp, walked, stop,
+            eff2, ex_pos, n_ex, first_wp, walked, stop, defer, deferred,
         )  # fmt: skip
         if self._reads:
             self._do_reads(G, eff2, limit=limit, inclusive=True, bounds=(starts, stop))
         self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity)
+        exit_reason = VmExit.PML_FULL if self.pml_enabled else VmExit.EPT_VIOLATION
+        if defer:
+            out = []
+            for lane in np.flatnonzero(deferred >= 0).tolist():
+                p = int(stop[lane])
+                reason = VmExit.EPT_VIOLATION if p == first_wp[lane] else exit_reason
+                out.append((vs[lane], reason, int(G[p]), int(deferred[lane])))
+            return int(limit), None, out
         if owner < 0:
-            return int(limit), None
-        reason = VmExit.PML_FULL if owner_exit and self.pml_enabled else VmExit.EPT_VIOLATION
-        return int(limit), (vs[owner], reason, int(G[owner_pos]))
+            return int(limit), None, ()
+        reason = exit_reason if owner_exit else VmExit.EPT_VIOLATION
+        return int(limit), (vs[owner], reason, int(G[owner_pos])), ()
+
+    # ------------------------------------------------------------ fast engine, deferred exits
+    # A lane's exit still running at the window's limit need not cut the other lanes: it
+    # concerns its vCPU alone (its buffer, its own pages' leaves). So, when nothing else can
+    # observe the lanes before the next event (no trace being written in time order, no page
+    # read due, no pause requested), the window runs every lane to the next event that is not
+    # one of these exits', each lane stopping at its own straddling exit; that exit runs as a
+    # SimPy process of its own at its start time, as in the reference, and when its vCPU
+    # re-enters the guest the lane catches up to the window's limit (``_catch_up``). Without
+    # this, windows end at every straddling exit and then at its end: one window per exit.
+
+    def _may_defer(self) -> bool:
+        return not self.trace.enabled and not any(vc.pause_requested for vc in self.vcpus)
+
+    def _peek_lanes(self) -> int:
+        """The next event that may observe or change the lanes: any but the guest's own window
+        events and the events of its deferred exits."""
+        internal = self._internal
+        best = NO_EVENT
+        for t, prio, _, ev in self.env._queue:
+            if prio == WRITE_PRIORITY or t >= best:
+                continue
+            if internal and (ev in internal or getattr(ev.callbacks and ev.callbacks[0], "__self__", None) in internal):
+                continue  # a deferred exit's own event (its start, its timeout, its end)
+            best = int(t)
+        return best
+
+    def _schedule_deferred(self, deferred) -> None:
+        """Start each deferred exit at its time, after the other events of that ns (as the
+        reference engine's write that takes it)."""
+        for v, reason, gfn, t in deferred:
+            self._blocked[v] = True
+            ev = self._at(t)
+            ev.callbacks.append(lambda _ev, v=v, reason=reason, gfn=gfn: self._start_deferred(v, reason, gfn))
+
+    def _start_deferred(self, v: int, reason: VmExit, gfn: int) -> None:
+        self._blocked[v] = False
+        proc = self.vcpus[v].vm_exit(reason, gfn)
+        self._internal[proc] = v
+        proc.callbacks.append(self._deferred_done)
+
+    def _deferred_done(self, proc) -> None:
+        """A deferred exit is over (the vCPU re-entered, or was paused): catch its lane up, after
+        the other events of this ns."""
+        v = self._internal.pop(proc)
+        self._at(self.env.now).callbacks.append(lambda _ev: self._catch_up(v))
+
+    def _catch_up(self, v: int) -> None:
+        """Retire vCPU ``v``'s writes up to the current window's limit, which the other lanes
+        have reached (unless a window that started since has taken them)."""
+        vc = self.vcpus[v]
+        end = self._defer_until
+        while vc.running and not self._blocked[v] and self.env.now < end and self._lanes_now():
+            self._fill(v, 1)
+            p = self._pos[v]
+            if p >= len(self._t[v]) or int(self._t[v][p]) + vc.base_sim_ns - vc.base_guest_ns >= end:
+                return
+            limit, _, deferred = self._window_lanes(end, [vc], defer=True)
+            self._schedule_deferred(deferred)
+            if limit >= end:
+                return
 
     def _retired(self, vc: Vcpu, writes: int, logged: int, pml_index: int) -> None:
         """Account for a window's retired writes of ``vc`` (walk writes apart) and its logging."""

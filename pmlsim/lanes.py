@@ -71,7 +71,7 @@ def _first_end_at_or_after(eff2, ex_pos, a, ne, limit):
 def plan(
     E, G, starts, offset, vbits, free, size, c, horizon, pml_enabled, n_pages, identity,
     leaf_of_gfn, d_bit, w_bit, tlb_dirty, seen, wid,
-    eff2, ex_pos, n_ex, first_wp, walked, stops,
+    eff2, ex_pos, n_ex, first_wp, walked, stops, defer, deferred,
 ):  # fmt: skip
     """Pass 1. ``E``: each write's guest time; lanes are ``starts[l]`` to ``starts[l+1]``; a
     lane's write retires at simulated time ``E + offset[l]`` plus its earlier exits in this
@@ -82,7 +82,12 @@ def plan(
     starts), ``first_wp`` (a write that must fault as a SimPy exit, or the lane's end) and
     ``stops``; ``walked[l]``: where the walk of lane l stopped. Returns (limit, owner lane,
     owner write, owner is a PML-full exit); the owner lane is -1 when every exit before
-    ``horizon`` is inline."""
+    ``horizon`` is inline.
+
+    ``defer``: the lanes' own exits do not move the limit back (it stays ``horizon``): a lane
+    whose exit or fault starts before the limit and has not ended there stops at that write,
+    and ``deferred[l]`` gets the time the exit starts (-1: none); the caller runs it as a SimPy
+    exit of that vCPU alone (``Guest._start_deferred``)."""
     L = len(starts) - 1
     sink = 0
     # A lane is walked only until a write at or past ``bound``, a limit no later than the final
@@ -131,6 +136,8 @@ def plan(
         n_ex[lane] = ne
         first_wp[lane] = fw
         walked[lane] = end_walk
+        if defer:
+            continue  # the limit is the horizon: lanes do not cut each other
         # this lane's own cut (its exit running at the bound, or its fault) lowers the bound
         j = _first_end_at_or_after(eff2, ex_pos, a, ne, bound)
         if j < ne and eff2[ex_pos[a + j]] - c < bound:
@@ -141,7 +148,7 @@ def plan(
     # the limit: the horizon, or the start of the earliest exit still running at the limit
     limit = horizon
     owner, owner_pos, owner_exit = -1, -1, False
-    while True:
+    while not defer:
         best_t, best_l, best_p, best_ex = NO_EVENT, -1, -1, False
         for lane in range(L):
             a = starts[lane]
@@ -178,6 +185,12 @@ def plan(
         if j < n_ex[lane] and ex_pos[a + j] < stop:
             stop = ex_pos[a + j]
         stops[lane] = stop
+        if defer:
+            deferred[lane] = -1
+            if j < n_ex[lane] and ex_pos[a + j] == stop and eff2[stop] - c < limit:
+                deferred[lane] = eff2[stop] - c  # an exit running at the limit
+            elif stop == fw and fw < starts[lane + 1] and eff2[fw] < limit:
+                deferred[lane] = eff2[fw]  # a fault (superpage split, or any under PML)
     if owner >= 0:
         stops[owner] = owner_pos
     n_ex[L] = sink  # keeps the touches (an extra slot nobody reads)

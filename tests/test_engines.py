@@ -17,14 +17,14 @@ from pmlsim import (
 )
 
 
-def _run(config):
-    trace = ListTrace()
+def _run(config, traced=True):
+    trace = ListTrace() if traced else None
     result = simulate(config, trace=trace).to_dict()
     result.pop("wall_time_s")
-    result.pop("sim_events")  # the engine's own work: the reference schedules an event per write
+    events = result.pop("sim_events")  # the engine's own work: the reference schedules one per write
     result["config"].pop("engine")
     result["lost_all"] = None
-    return result, trace.events
+    return result, trace.events if traced else events
 
 
 def _canonical(events):
@@ -48,6 +48,70 @@ def _assert_same(config):
 @given(configs())
 def test_fast_engine_equals_reference_on_random_configs(config):
     _assert_same(config)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_fast_engine_equals_reference_on_random_configs_without_a_trace(config):
+    fast, _ = _run(attrs.evolve(config, engine="fast"), traced=False)
+    ref, _ = _run(attrs.evolve(config, engine="reference"), traced=False)
+    assert fast == ref
+
+
+def _untraced_events(config):
+    fast, events = _run(attrs.evolve(config, engine="fast"), traced=False)
+    ref, _ = _run(attrs.evolve(config, engine="reference"), traced=False)
+    assert fast == ref
+    return events
+
+
+def test_lanes_defer_exits_running_at_a_window_end_with_the_reference_results():
+    # 16 partitioned vCPUs with 32-entry buffers take over a thousand PML-full exits in 0.5 ms:
+    # exits straddle the windows' ends all the time. Untraced, each runs as its vCPU's own
+    # SimPy process while the other lanes go on to the next event; traced (events must be
+    # emitted in time order), each cuts the window. Same results, far fewer SimPy events.
+    config = SimConfig(
+        seed=3,
+        duration_ms=0.5,
+        guest=GuestConfig(memory_mib=256, vcpus=16),
+        pml=PmlConfig(buffer_entries=32),
+        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=1e7),
+        **COLLECTOR,
+    )
+    untraced = _untraced_events(config)
+    _assert_same(config)
+    traced = simulate(attrs.evolve(config, engine="fast"), trace=ListTrace()).sim_events
+    assert untraced < traced / 2
+
+
+def test_lanes_defer_superpage_split_faults_and_write_protection_faults():
+    # split-on-write superpages (a fault that splits the leaf, a SimPy exit of its vCPU) and,
+    # without PML, a write-protection fault on every first write: both deferred per lane
+    for tracking in (TrackingConfig(), TrackingConfig(mechanism="write-protect")):
+        config = SimConfig(
+            seed=13,
+            duration_ms=0.3,
+            guest=GuestConfig(memory_mib=32, vcpus=4, layout="mixed", fraction_2m=0.5),
+            tracking=tracking,
+            pml=PmlConfig(buffer_entries=16),
+            workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=1e7),
+            **COLLECTOR,
+        )
+        _untraced_events(config)
+
+
+def test_lanes_defer_exits_during_a_migration_that_pauses_the_vcpus():
+    # rounds read pages (windows with reads due do not defer) and the final stop-and-copy
+    # pauses every vCPU, some of them while a deferred exit is in progress
+    config = SimConfig(
+        seed=17,
+        duration_ms=2,
+        guest=GuestConfig(memory_mib=16, vcpus=8),
+        pml=PmlConfig(buffer_entries=32),
+        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=5e6),
+        migration=MigrationConfig(bandwidth_mbit_s=65536, downtime_limit_ms=0.05, iteration_ms=0.2),
+    )
+    _untraced_events(config)
 
 
 def test_fast_engine_equals_reference_on_16_vcpus_sharing_memory():
