@@ -496,24 +496,30 @@ class Guest:
         vbits = np.array([1 << v for v in vs], dtype=np.uint64)
         size = vcs[0].pml.size
         c = hv.pml_full_exit_ns(size) if self.pml_enabled else hv.write_fault_exit_ns()
-        self._wid += 1
-        if self._wid > 0xFFFF:  # the stamps are 16-bit: start a new cycle
-            ept.lane_stamp[:] = 0
-            self._wid = 1
-        eff2, ex_pos = self._scratch("eff2", n), self._scratch("ex_pos", n)
-        n_ex = np.empty(L + 1, np.int64)
-        first_wp, walked, stop = np.empty(L, np.int64), np.empty(L, np.int64), np.empty(L, np.int64)
+        eff2 = self._scratch("eff2", n)
+        first_wp, stop, deferred = np.empty(L, np.int64), np.empty(L, np.int64), np.empty(L, np.int64)
         free = np.array([vc.pml.free for vc in vcs], dtype=np.int64)
         identity = ept.identity()
-        deferred = np.empty(L, np.int64)
-        limit, owner, owner_pos, owner_exit = lanes.plan(
-            E, G, starts, np.array(offs, np.int64), vbits, free, size, c, horizon, self.pml_enabled, ept.n_pages,
-            identity, ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.lane_stamp, self._wid,
-            eff2, ex_pos, n_ex, first_wp, walked, stop, defer, deferred,
-        )  # fmt: skip
-        if self._reads:
-            self._do_reads(G, eff2, limit=limit, inclusive=True, bounds=(starts, stop))
-        self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity)
+        offsets = np.array(offs, np.int64)
+        if defer:
+            # the limit is the horizon: each lane plans and commits on its own (one per core)
+            limit, owner, owner_pos, owner_exit = horizon, -1, -1, False
+            fused = (E, offsets, free, horizon, first_wp, deferred)
+            self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity, fused)
+        else:
+            self._wid += 1
+            if self._wid > 0xFFFF:  # the stamps are 16-bit: start a new cycle
+                ept.lane_stamp[:] = 0
+                self._wid = 1
+            ex_pos, n_ex, walked = self._scratch("ex_pos", n), np.empty(L, np.int64), np.empty(L, np.int64)
+            limit, owner, owner_pos, owner_exit = lanes.plan(
+                E, G, starts, offsets, vbits, free, size, c, horizon, self.pml_enabled,
+                ept.n_pages, identity, ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.lane_stamp,
+                self._wid, eff2, ex_pos, n_ex, first_wp, walked, stop, defer, deferred,
+            )  # fmt: skip
+            if self._reads:
+                self._do_reads(G, eff2, limit=limit, inclusive=True, bounds=(starts, stop))
+            self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity)
         exit_reason = VmExit.PML_FULL if self.pml_enabled else VmExit.EPT_VIOLATION
         if defer:
             out = []
@@ -604,9 +610,11 @@ class Guest:
             buf = self._buffers[name] = np.empty(max(n, 2 * len(buf) if buf is not None else n), np.int64)
         return buf[:n]
 
-    def _commit_lanes(self, vcs, starts, stop, vbits, eff2, G, c, identity):
-        """Retire the lanes' writes up to their stops, with the exits among them (compiled),
-        then account for them: vCPU counters and clocks, drained entries, trace events."""
+    def _commit_lanes(self, vcs, starts, stop, vbits, eff2, G, c, identity, fused=None):
+        """Retire the lanes' writes up to their stops, with the exits among them (compiled), then
+        account for them: vCPU counters and clocks, drained entries, trace events. ``fused``:
+        (E, offsets, free, horizon, first_wp, deferred) to plan and commit each lane in one
+        pass, one lane per core (:func:`pmlsim.lanes.run_parallel`), which fills the stops."""
         ept, hv, mem, L = self.ept, self.vcpus[0].hv, self.memory, len(vcs)
         size = vcs[0].pml.size
         n = int(starts[-1])
@@ -620,13 +628,30 @@ class Guest:
         trace = self.trace.enabled
         log_rec = self._scratch("log_rec", 2 * n if trace else 0).reshape(-1, 2)
         vids = np.array([vc.index for vc in vcs], dtype=np.int64)
-        nx, nd, nl = lanes.commit(
-            eff2, G, starts, stop, vbits, vids, size, c, self.pml_enabled, ept.n_pages, identity,
-            ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty,
-            mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
-            self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
-            n_logged, n_exits, last_end, drained_gfn, drained_age, ex_rec, log_rec, trace,
-        )  # fmt: skip
+        if fused is None:
+            one_pass = (eff2, starts, 0, starts, starts)  # not read
+        else:
+            E, offsets, free, horizon, first_wp, deferred = fused
+            one_pass = (E, offsets, horizon, first_wp, deferred)
+        if fused is not None and L > 1 and lanes.parallel_ok():
+            with lanes.PARALLEL_LOCK:
+                nx, nd = lanes.run_parallel(
+                    E, G, starts, offsets, vbits, vids, free, size, c, horizon, self.pml_enabled, ept.n_pages, identity,
+                    ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty,
+                    mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
+                    self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
+                    n_logged, n_exits, last_end, eff2, stop, first_wp, deferred, drained_gfn, drained_age, ex_rec,
+                )  # fmt: skip
+            nl = 0
+        else:
+            nx, nd, nl = lanes.commit(
+                eff2, G, starts, stop, vbits, vids, size, c, self.pml_enabled, ept.n_pages, identity,
+                ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty,
+                mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
+                self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
+                n_logged, n_exits, last_end, drained_gfn, drained_age, ex_rec, log_rec, trace,
+                fused is not None, *one_pass,
+            )  # fmt: skip
         ex_rec = ex_rec[:nx]
         if self.pml_enabled:
             if nx:

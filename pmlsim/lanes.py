@@ -17,41 +17,33 @@ A window runs in two passes:
   as a SimPy process. ``plan`` returns that limit and how far each lane retires.
 * :func:`commit` retires each lane up to its stop: D bits, TLBs, the PML buffer (draining it
   at each inline exit), and guest memory (version, last writer, how the write was logged).
+
+When the lanes do not cut each other (``defer``: the limit is the horizon), each lane's stop
+depends on that lane alone, so :func:`run_parallel` plans and commits each lane in one pass,
+the lanes spread over the machine's cores (numba ``prange``). The lanes write disjoint leaves,
+pages and buffers, and each lane's exits land in its own range of the output arrays before
+they are packed, so the results are those of the two sequential passes, byte for byte.
 """
 
 from __future__ import annotations
 
+import threading
+
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB
 
+# Parallel kernels run on a thread pool that must survive fork() (sweeps fork worker processes;
+# GNU OpenMP aborts a forked child): numba's fork-safe layers (TBB if installed, else its own
+# workqueue), and one parallel launch at a time (the workqueue is not thread-safe; sweeps may run
+# simulations on threads).
+numba.config.THREADING_LAYER = "forksafe"
+PARALLEL_LOCK = threading.Lock()
+
 #: "no event" as an integer time (also ``guest.NO_EVENT``)
 NO_EVENT = np.iinfo(np.int64).max
-
-
-#: writes whose state is loaded ahead of processing them (see _touch_leaves)
-BLOCK = 32
-
-
-@njit(cache=True, nogil=True)
-def _touch_leaves(G, lo, hi, identity, leaf_of_gfn, leaf_byte):
-    """Load the leaf records of writes ``lo:hi`` before processing them. The loads are
-    independent, so the CPU can overlap their cache misses; the processing loop, whose branches
-    depend on each load, then finds them in cache (a software prefetch)."""
-    s = 0
-    for j in range(lo, hi):
-        s += leaf_byte[G[j] if identity else leaf_of_gfn[G[j]]]
-    return s
-
-
-@njit(cache=True, nogil=True)
-def _touch_pages(G, lo, hi, version):
-    """Load the page records of writes ``lo:hi`` ahead of retiring them (as _touch_leaves)."""
-    s = 0
-    for j in range(lo, hi):
-        s += version[G[j]]
-    return s
 
 
 @njit(cache=True, nogil=True)
@@ -65,6 +57,76 @@ def _first_end_at_or_after(eff2, ex_pos, a, ne, limit):
         else:
             hi = mid
     return lo
+
+
+@njit(cache=True, nogil=True)
+def _walk_lane(
+    lane, E, G, starts, offset, vbits, free, size, c, bound, pml_enabled, n_pages, identity,
+    leaf_of_gfn, d_bit, w_bit, tlb_dirty, seen, wid, eff2, ex_pos, n_ex, first_wp, walked,
+):  # fmt: skip
+    """Walk lane ``lane`` without changing any state, until a write at or past ``bound``."""
+    a, b = starts[lane], starts[lane + 1]
+    vb = vbits[lane]
+    fr = free[lane]
+    shift = offset[lane]
+    logs = 0
+    ne = 0
+    fw = b
+    end_walk = b
+    for i in range(a, b):
+        leaf = G[i] if identity else leaf_of_gfn[G[i]]
+        held = (tlb_dirty[leaf] & vb) != 0
+        fresh = seen[leaf] != wid  # not yet written by this lane in this window
+        if not w_bit[leaf] and not held and fresh:
+            if pml_enabled or leaf >= n_pages:
+                eff2[i] = E[i] + shift
+                fw = i  # split-on-write superpage (or any fault under PML): a SimPy exit
+                end_walk = i + 1
+                break
+            # write protection: the fault marks the page and makes the leaf writable
+            seen[leaf] = wid
+            shift += c
+            ex_pos[a + ne] = i
+            ne += 1
+        elif pml_enabled and not d_bit[leaf] and not held and fresh:
+            seen[leaf] = wid
+            if logs >= fr and (logs - fr) % size == 0:
+                shift += c  # this write finds the buffer full: PML-full exit first
+                ex_pos[a + ne] = i
+                ne += 1
+            logs += 1
+        eff2[i] = E[i] + shift
+        if eff2[i] >= bound:
+            end_walk = i + 1
+            break
+    n_ex[lane] = ne
+    first_wp[lane] = fw
+    walked[lane] = end_walk
+
+
+@njit(cache=True, nogil=True)
+def _stop_lane(lane, starts, eff2, ex_pos, n_ex, first_wp, walked, c, limit, stops, defer, deferred):
+    """Where lane ``lane`` stops: before its first write at or past ``limit``, never past an exit
+    still running there; with ``defer``, the start of that exit (or fault) in ``deferred``."""
+    a, fw = starts[lane], first_wp[lane]
+    lo, hi = a, min(fw, walked[lane])
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if eff2[mid] < limit:
+            lo = mid + 1
+        else:
+            hi = mid
+    stop = lo
+    j = _first_end_at_or_after(eff2, ex_pos, a, n_ex[lane], limit)
+    if j < n_ex[lane] and ex_pos[a + j] < stop:
+        stop = ex_pos[a + j]
+    stops[lane] = stop
+    if defer:
+        deferred[lane] = -1
+        if j < n_ex[lane] and ex_pos[a + j] == stop and eff2[stop] - c < limit:
+            deferred[lane] = eff2[stop] - c  # an exit running at the limit
+        elif stop == fw and fw < starts[lane + 1] and eff2[fw] < limit:
+            deferred[lane] = eff2[fw]  # a fault (superpage split, or any under PML)
 
 
 @njit(cache=True, nogil=True)
@@ -89,60 +151,22 @@ def plan(
     and ``deferred[l]`` gets the time the exit starts (-1: none); the caller runs it as a SimPy
     exit of that vCPU alone (``Guest._start_deferred``)."""
     L = len(starts) - 1
-    sink = 0
     # A lane is walked only until a write at or past ``bound``, a limit no later than the final
     # one: what lies beyond cannot retire in this window (exits only lower the limit).
     bound = horizon
     for lane in range(L):
-        a, b = starts[lane], starts[lane + 1]
-        vb = vbits[lane]
-        fr = free[lane]
-        shift = offset[lane]
-        logs = 0
-        ne = 0
-        fw = b
-        end_walk = b
-        for blk in range(a, b, BLOCK):
-            end = min(blk + BLOCK, b)
-            sink += _touch_leaves(G, blk, end, identity, leaf_of_gfn, seen)
-            for i in range(blk, end):
-                leaf = G[i] if identity else leaf_of_gfn[G[i]]
-                held = (tlb_dirty[leaf] & vb) != 0
-                fresh = seen[leaf] != wid  # not yet written by this lane in this window
-                if not w_bit[leaf] and not held and fresh:
-                    if pml_enabled or leaf >= n_pages:
-                        eff2[i] = E[i] + shift
-                        fw = i  # split-on-write superpage (or any fault under PML): a SimPy exit
-                        end_walk = i + 1
-                        break
-                    # write protection: the fault marks the page and makes the leaf writable
-                    seen[leaf] = wid
-                    shift += c
-                    ex_pos[a + ne] = i
-                    ne += 1
-                elif pml_enabled and not d_bit[leaf] and not held and fresh:
-                    seen[leaf] = wid
-                    if logs >= fr and (logs - fr) % size == 0:
-                        shift += c  # this write finds the buffer full: PML-full exit first
-                        ex_pos[a + ne] = i
-                        ne += 1
-                    logs += 1
-                eff2[i] = E[i] + shift
-                if eff2[i] >= bound:
-                    end_walk = i + 1
-                    break
-            if end_walk < b or fw < b:
-                break
-        n_ex[lane] = ne
-        first_wp[lane] = fw
-        walked[lane] = end_walk
+        _walk_lane(
+            lane, E, G, starts, offset, vbits, free, size, c, bound, pml_enabled, n_pages, identity,
+            leaf_of_gfn, d_bit, w_bit, tlb_dirty, seen, wid, eff2, ex_pos, n_ex, first_wp, walked,
+        )  # fmt: skip
         if defer:
             continue  # the limit is the horizon: lanes do not cut each other
         # this lane's own cut (its exit running at the bound, or its fault) lowers the bound
+        a, ne, fw = starts[lane], n_ex[lane], first_wp[lane]
         j = _first_end_at_or_after(eff2, ex_pos, a, ne, bound)
         if j < ne and eff2[ex_pos[a + j]] - c < bound:
             bound = eff2[ex_pos[a + j]] - c
-        elif fw < b and eff2[fw] < bound:
+        elif fw < starts[lane + 1] and eff2[fw] < bound:
             bound = eff2[fw]
 
     # the limit: the horizon, or the start of the earliest exit still running at the limit
@@ -172,29 +196,118 @@ def plan(
 
     # each lane retires its writes before the limit, never past an exit still running there
     for lane in range(L):
-        a, fw = starts[lane], first_wp[lane]
-        lo, hi = a, min(fw, walked[lane])
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if eff2[mid] < limit:
-                lo = mid + 1
-            else:
-                hi = mid
-        stop = lo
-        j = _first_end_at_or_after(eff2, ex_pos, a, n_ex[lane], limit)
-        if j < n_ex[lane] and ex_pos[a + j] < stop:
-            stop = ex_pos[a + j]
-        stops[lane] = stop
-        if defer:
-            deferred[lane] = -1
-            if j < n_ex[lane] and ex_pos[a + j] == stop and eff2[stop] - c < limit:
-                deferred[lane] = eff2[stop] - c  # an exit running at the limit
-            elif stop == fw and fw < starts[lane + 1] and eff2[fw] < limit:
-                deferred[lane] = eff2[fw]  # a fault (superpage split, or any under PML)
+        _stop_lane(lane, starts, eff2, ex_pos, n_ex, first_wp, walked, c, limit, stops, defer, deferred)
     if owner >= 0:
         stops[owner] = owner_pos
-    n_ex[L] = sink  # keeps the touches (an extra slot nobody reads)
     return limit, owner, owner_pos, owner_exit
+
+
+@njit(cache=True, nogil=True)
+def _commit_lane(
+    lane, eff2, G, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
+    leaf_of_gfn, d_bit, w_bit, tlb_dirty,
+    version, last_vcpu, last_time, last_kind,
+    pml_gpa, pml_time, pml_index,
+    n_logged, n_exits, last_exit_end,
+    drained_gfn, drained_age, ex_rec, log_rec, trace, nd, nx, nl,
+    fused, E, offset, horizon, first_wp, deferred,
+):  # fmt: skip
+    """Retire lane ``lane``'s writes; its drained entries, exits and logged writes go to the
+    output arrays from ``nd``, ``nx`` and ``nl``. Returns where they end.
+
+    ``fused`` (plan and commit in one pass, when the limit is ``horizon`` whatever the other
+    lanes do): each write's time is ``E + offset`` plus the lane's exits so far (``eff2`` is
+    filled), and the lane stops by itself at its first write at or past the horizon, or at an
+    exit or fault starting before it and not over there (``deferred``: its start; a fault's
+    write in ``first_wp``, else the lane's end)."""
+    vb = vbits[lane]
+    v = vids[lane]
+    idx = pml_index[lane]
+    logged = 0
+    exits = 0
+    end = starts[lane + 1] if fused else stops[lane]
+    shift = offset[lane] if fused else 0
+    if fused:
+        stops[lane] = end
+        deferred[lane] = -1
+        first_wp[lane] = end
+    for i in range(starts[lane], end):
+        g = G[i]
+        leaf = g if identity else leaf_of_gfn[g]
+        held = (tlb_dirty[leaf] & vb) != 0
+        if fused:
+            t = E[i] + shift
+            if t >= horizon:
+                stops[lane] = i
+                break
+            if not w_bit[leaf] and not held and (pml_enabled or leaf >= n_pages):
+                stops[lane] = i  # split-on-write superpage (or any fault under PML): a SimPy exit
+                deferred[lane] = t
+                first_wp[lane] = i
+                break
+            if (not w_bit[leaf] and not held) or (pml_enabled and not d_bit[leaf] and not held and idx < 0):
+                if t + c >= horizon:
+                    stops[lane] = i  # an exit still running at the horizon: a SimPy exit
+                    deferred[lane] = t
+                    break
+                shift += c
+                t += c
+            eff2[i] = t
+        else:
+            t = eff2[i]
+        kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
+        if pml_enabled:
+            if not d_bit[leaf]:
+                if held:
+                    kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
+                else:
+                    if idx < 0:
+                        # PML-full exit (reason 62): the handler drains the whole buffer
+                        k0 = nd
+                        for e in range(size - 1, -1, -1):
+                            drained_gfn[nd] = pml_gpa[v, e] >> 12
+                            drained_age[nd] = t - c - pml_time[v, e]
+                            nd += 1
+                        ex_rec[nx, 0] = i
+                        ex_rec[nx, 1] = t - c
+                        ex_rec[nx, 2] = k0
+                        ex_rec[nx, 3] = nd
+                        nx += 1
+                        idx = size - 1
+                        exits += 1
+                        last_exit_end[lane] = t
+                    pml_gpa[v, idx] = g << 12
+                    pml_time[v, idx] = t
+                    if trace:
+                        log_rec[nl, 0] = i
+                        log_rec[nl, 1] = idx
+                        nl += 1
+                    idx -= 1
+                    d_bit[leaf] = True
+                    kind = LOGGED
+                    logged += 1
+        elif not w_bit[leaf] and not held:
+            # write protection: the EPT violation marks the page and makes it writable, D=1
+            ex_rec[nx, 0] = i
+            ex_rec[nx, 1] = t - c
+            ex_rec[nx, 2] = nd
+            ex_rec[nx, 3] = nd
+            nx += 1
+            w_bit[leaf] = True
+            d_bit[leaf] = True
+            exits += 1
+            last_exit_end[lane] = t
+        elif not d_bit[leaf] and held:
+            kind = STALE_TLB
+        tlb_dirty[leaf] |= vb
+        version[g] += 1
+        last_vcpu[g] = v
+        last_time[g] = t
+        last_kind[g] = kind
+    pml_index[lane] = idx
+    n_logged[lane] = logged
+    n_exits[lane] = exits
+    return nd, nx, nl
 
 
 @njit(cache=True, nogil=True)
@@ -205,86 +318,96 @@ def commit(
     pml_gpa, pml_time, pml_index,
     n_logged, n_exits, last_exit_end,
     drained_gfn, drained_age, ex_rec, log_rec, trace,
+    fused, E, offset, horizon, first_wp, deferred,
 ):  # fmt: skip
     """Pass 2: retire writes ``starts[l]`` to ``stops[l]`` of every lane, in program order.
 
     ``pml_index`` (per lane) is updated in place; each inline exit drains the lane's buffer into
     ``drained_gfn``/``drained_age`` (age: exit start minus log time). ``ex_rec`` rows: (write,
     exit start, first drained, end drained); ``log_rec`` rows (only with ``trace``): (write,
-    PML index). Returns (exits, drained entries, logged-write records)."""
-    L = len(starts) - 1
-    nd = 0
-    nx = 0
-    nl = 0
-    sink = 0
-    for lane in range(L):
-        vb = vbits[lane]
-        v = vids[lane]
-        idx = pml_index[lane]
-        logged = 0
-        exits = 0
-        for i in range(starts[lane], stops[lane]):
-            if (i - starts[lane]) % BLOCK == 0:
-                hi = min(i + BLOCK, stops[lane])
-                sink += _touch_leaves(G, i, hi, identity, leaf_of_gfn, d_bit) + _touch_pages(G, i, hi, version)
-            g = G[i]
-            leaf = g if identity else leaf_of_gfn[g]
-            t = eff2[i]
-            held = (tlb_dirty[leaf] & vb) != 0
-            kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
-            if pml_enabled:
-                if not d_bit[leaf]:
-                    if held:
-                        kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
-                    else:
-                        if idx < 0:
-                            # PML-full exit (reason 62): the handler drains the whole buffer
-                            k0 = nd
-                            for e in range(size - 1, -1, -1):
-                                drained_gfn[nd] = pml_gpa[v, e] >> 12
-                                drained_age[nd] = t - c - pml_time[v, e]
-                                nd += 1
-                            ex_rec[nx, 0] = i
-                            ex_rec[nx, 1] = t - c
-                            ex_rec[nx, 2] = k0
-                            ex_rec[nx, 3] = nd
-                            nx += 1
-                            idx = size - 1
-                            exits += 1
-                            last_exit_end[lane] = t
-                        pml_gpa[v, idx] = g << 12
-                        pml_time[v, idx] = t
-                        if trace:
-                            log_rec[nl, 0] = i
-                            log_rec[nl, 1] = idx
-                            nl += 1
-                        idx -= 1
-                        d_bit[leaf] = True
-                        kind = LOGGED
-                        logged += 1
-            elif not w_bit[leaf] and not held:
-                # write protection: the EPT violation marks the page and makes it writable, D=1
-                ex_rec[nx, 0] = i
-                ex_rec[nx, 1] = t - c
-                ex_rec[nx, 2] = nd
-                ex_rec[nx, 3] = nd
-                nx += 1
-                w_bit[leaf] = True
-                d_bit[leaf] = True
-                exits += 1
-                last_exit_end[lane] = t
-            elif not d_bit[leaf] and held:
-                kind = STALE_TLB
-            tlb_dirty[leaf] |= vb
-            version[g] += 1
-            last_vcpu[g] = v
-            last_time[g] = t
-            last_kind[g] = kind
-        pml_index[lane] = idx
-        n_logged[lane] = logged
-        n_exits[lane] = exits
-    n_exits[L] = sink  # keeps the touches (an extra slot nobody reads)
+    PML index). Returns (exits, drained entries, logged-write records).
+
+    ``fused``: plan and commit in one pass, the limit being ``horizon`` (see :func:`_commit_lane`;
+    the other arguments after it are then used; :func:`run_parallel` is the same on all cores)."""
+    nd, nx, nl = 0, 0, 0
+    for lane in range(len(starts) - 1):
+        nd, nx, nl = _commit_lane(
+            lane, eff2, G, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
+            leaf_of_gfn, d_bit, w_bit, tlb_dirty, version, last_vcpu, last_time, last_kind,
+            pml_gpa, pml_time, pml_index, n_logged, n_exits, last_exit_end,
+            drained_gfn, drained_age, ex_rec, log_rec, trace, nd, nx, nl,
+            fused, E, offset, horizon, first_wp, deferred,
+        )  # fmt: skip
     return nx, nd, nl
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _probe(n):
+    s = 0
+    for i in prange(n):
+        s += i
+    return s
+
+
+_parallel: bool | None = None
+
+
+def parallel_ok() -> bool:
+    """Whether :func:`run_parallel` pays: more than one thread, on a pool that launches fast
+    (TBB or OpenMP; numba's own workqueue made the 1 GiB, 16-vCPU benchmark slower than one
+    core here). Decided once per process, at the first call."""
+    global _parallel
+    if _parallel is None:
+        _probe(2)
+        _parallel = numba.config.NUMBA_NUM_THREADS > 1 and numba.threading_layer() != "workqueue"
+    return _parallel
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def run_parallel(
+    E, G, starts, offset, vbits, vids, free, size, c, horizon, pml_enabled, n_pages, identity,
+    leaf_of_gfn, d_bit, w_bit, tlb_dirty,
+    version, last_vcpu, last_time, last_kind,
+    pml_gpa, pml_time, pml_index,
+    n_logged, n_exits, last_exit_end,
+    eff2, stops, first_wp, deferred, drained_gfn, drained_age, ex_rec,
+):  # fmt: skip
+    """Plan and commit in one pass per lane, one lane per task, when the limit is ``horizon``
+    (lanes do not cut each other: ``plan`` with ``defer``). Lane l writes its exits from row
+    ``starts[l]`` of ``ex_rec`` and its drained entries from ``starts[l]`` plus the entries
+    already in the buffers of lanes before it (``size - free``); both are then packed in lane
+    order, as :func:`commit` leaves them. Returns (exits, drained entries)."""
+    L = len(starts) - 1
+    dr0 = np.zeros(L + 1, np.int64)
+    for lane in range(L):
+        dr0[lane + 1] = dr0[lane] + (starts[lane + 1] - starts[lane]) + (size - free[lane])
+    nd_end = np.empty(L, np.int64)
+    nx_end = np.empty(L, np.int64)
+    for lane in prange(L):
+        nd, nx, _ = _commit_lane(
+            lane, eff2, G, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
+            leaf_of_gfn, d_bit, w_bit, tlb_dirty, version, last_vcpu, last_time, last_kind,
+            pml_gpa, pml_time, pml_index, n_logged, n_exits, last_exit_end,
+            drained_gfn, drained_age, ex_rec, ex_rec, False, dr0[lane], starts[lane], 0,
+            True, E, offset, horizon, first_wp, deferred,
+        )  # fmt: skip
+        nd_end[lane] = nd
+        nx_end[lane] = nx
+    # pack the lanes' segments (each moves down or stays: segments are in lane order)
+    nd, nx = 0, 0
+    for lane in range(L):
+        shift = nd - dr0[lane]
+        for k in range(dr0[lane], nd_end[lane]):
+            drained_gfn[nd] = drained_gfn[k]
+            drained_age[nd] = drained_age[k]
+            nd += 1
+        for k in range(starts[lane], nx_end[lane]):
+            ex_rec[nx, 0] = ex_rec[k, 0]
+            ex_rec[nx, 1] = ex_rec[k, 1]
+            ex_rec[nx, 2] = ex_rec[k, 2] + shift
+            ex_rec[nx, 3] = ex_rec[k, 3] + shift
+            nx += 1
+    return nx, nd
 
 
 @njit(cache=True, nogil=True)
