@@ -41,7 +41,7 @@ from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory,
 from pmlsim.pml import PmlArea, hdbss_entries
 from pmlsim.trace import Trace
 from pmlsim.vcpu import Vcpu, VmExit
-from pmlsim.workloads import WriteStream
+from pmlsim.workloads import ChunkPrefetcher, WriteStream
 
 #: SimPy priority of a guest write: after URGENT (0) and NORMAL (1) events at the same time
 WRITE_PRIORITY = 2
@@ -120,12 +120,20 @@ class Guest:
         self._buffers: dict[str, np.ndarray] = {}
         #: a bit per page: the pages read in this window (pmlsim.lanes.writes_to's scratch)
         self._read_marks: np.ndarray | None = None
+        #: draws the streams' chunks ahead on a worker thread (started at the first write)
+        self._chunks: ChunkPrefetcher | None = None
         #: deferred exits in progress (SimPy process -> vCPU index); their events do not end windows
         self._internal: dict[simpy.Process, int] = {}
         #: a lane stopped at a deferred exit that has not started yet
         self._blocked = [False] * nv
         #: the limit of the current window with deferred exits (0: none), which catch-ups reach
         self._defer_until = 0
+
+    def close(self) -> None:
+        """Stop drawing writes ahead (the run is over)."""
+        if self._chunks is not None:
+            self._chunks.close()
+            self._chunks = None
 
     def read_pages(self, times: np.ndarray, pages: np.ndarray, sink) -> None:
         """Schedule reads of ``pages`` at ``times`` (non-decreasing, not before now).
@@ -198,7 +206,9 @@ class Guest:
     def _fill(self, v: int, n: int) -> None:
         """Make at least ``n`` writes of vCPU ``v`` pending (fewer when its stream ends)."""
         while len(self._t[v]) - self._pos[v] < n and not self._exhausted[v]:
-            t, g = self.streams[v].next_chunk()
+            if self._chunks is None:
+                self._chunks = ChunkPrefetcher(self.streams)
+            t, g = self._chunks.next_chunk(v)
             if len(t) == 0:
                 self._exhausted[v] = True
                 break

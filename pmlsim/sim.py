@@ -218,7 +218,10 @@ def simulate(
     env = simpy.Environment()
     machine = _Machine(env, config, trace, faults, on_collect)
     main = machine.start()
-    env.run(until=main)
+    try:
+        env.run(until=main)
+    finally:
+        machine.guest.close()
     trace.close()
     sim_events = next(env._eid)  # SimPy numbers every event it schedules
     return machine.result(sim_events, time.perf_counter() - wall0)
@@ -301,7 +304,11 @@ def simulate_many(
     link = Link(env, configs[0].migration.bandwidth_mbit_s, link_quantum_pages * page_bytes)
     machines = [_Machine(env, c, t, f, link=link) for c, t, f in zip(configs, traces, faults, strict=True)]
     mains = [m.start(snapshot=True) for m in machines]
-    env.run(until=simpy.AllOf(env, mains))
+    try:
+        env.run(until=simpy.AllOf(env, mains))
+    finally:
+        for m in machines:
+            m.guest.close()
     for t in traces:
         t.close()
     sim_events = next(env._eid)

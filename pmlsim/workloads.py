@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import threading
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,72 @@ class RandomStream(WriteStream):
         out = (self._seq + np.arange(n, dtype=np.int64)) % pages
         self._seq = int((self._seq + n) % pages)
         return out
+
+
+class ChunkPrefetcher:
+    """Draws the vCPUs' next chunks on a worker thread while the engine retires earlier ones.
+
+    numpy's generators release the GIL while they fill arrays, so drawing overlaps the compiled
+    lanes on a second core. Each stream is still drawn from one thread, in order, up to
+    ``depth`` chunks ahead: what every vCPU writes is unchanged (and so every result).
+    :meth:`close` stops the thread; an error while drawing is raised by :meth:`next_chunk`."""
+
+    def __init__(self, streams: list[WriteStream], depth: int = 2):
+        self.streams = streams
+        self.depth = depth
+        self._ready: list[deque] = [deque() for _ in streams]
+        self._ended = [False] * len(streams)  # the stream returned its empty chunk
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._draw, name="pmlsim-writes", daemon=True)
+        self._thread.start()
+
+    def _wanted(self) -> int:
+        """The stream with the fewest chunks ready (lowest index on ties), or -1."""
+        best, fewest = -1, self.depth
+        for v, r in enumerate(self._ready):
+            if len(r) < fewest and not self._ended[v]:
+                best, fewest = v, len(r)
+        return best
+
+    def _draw(self) -> None:
+        cond = self._cond
+        try:
+            while True:
+                with cond:
+                    while not self._closed and (v := self._wanted()) < 0:
+                        cond.wait()
+                    if self._closed:
+                        return
+                chunk = self.streams[v].next_chunk()  # outside the lock: the engine goes on
+                with cond:
+                    self._ready[v].append(chunk)
+                    self._ended[v] = len(chunk[0]) == 0
+                    cond.notify_all()
+        except BaseException as exc:  # handed to the engine, which raises it
+            with cond:
+                self._error = exc
+                cond.notify_all()
+
+    def next_chunk(self, v: int) -> tuple[np.ndarray, np.ndarray]:
+        """vCPU ``v``'s next chunk (waits for it if it is still being drawn)."""
+        with self._cond:
+            while not self._ready[v]:
+                if self._error is not None:
+                    raise self._error
+                if self._closed:
+                    raise RuntimeError("the write streams are closed")
+                self._cond.wait()
+            chunk = self._ready[v].popleft()
+            self._cond.notify_all()
+        return chunk
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
 
 
 class CurveStream(WriteStream):

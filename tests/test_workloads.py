@@ -1,11 +1,13 @@
 """Statistical workloads write where and as often as configured, reproducibly."""
 
+import threading
+
 import numpy as np
 import pytest
 from conftest import COLLECTOR
 
 from pmlsim import GuestConfig, SimConfig, WorkloadConfig, simulate
-from pmlsim.workloads import make_streams, regions
+from pmlsim.workloads import ChunkPrefetcher, WriteStream, make_streams, regions
 
 
 def _writes(kind, sharing="partitioned", vcpus=2, chunks=4, **kw):
@@ -109,3 +111,48 @@ def test_exits_delay_generated_writes_they_do_not_drop_them():
     gb = [e[3] for e in big.of("write_logged")]
     gs = [e[3] for e in small.of("write_logged")]
     assert gs == gb[: len(gs)]
+
+
+class _Failing(WriteStream):
+    def next_chunk(self):
+        raise ValueError("the stream broke")
+
+
+class _Counting(WriteStream):
+    def __init__(self, chunks):
+        self.chunks = chunks
+        self.drawn = 0
+
+    def next_chunk(self):
+        self.drawn += 1
+        if self.drawn > self.chunks:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.full(3, self.drawn, np.int64), np.arange(3, dtype=np.int64)
+
+
+def test_prefetched_chunks_come_in_each_streams_order_and_stop_at_its_end():
+    streams = [_Counting(5), _Counting(2)]
+    pf = ChunkPrefetcher(streams, depth=2)
+    try:
+        assert [int(pf.next_chunk(0)[0][0]) for _ in range(3)] == [1, 2, 3]
+        assert [int(pf.next_chunk(1)[0][0]) for _ in range(2)] == [1, 2]
+        assert len(pf.next_chunk(1)[0]) == 0  # stream 1 has ended
+        assert streams[1].drawn == 3  # nothing drawn past its empty chunk
+        assert streams[0].drawn <= 3 + 2  # at most depth chunks ahead of what was taken
+    finally:
+        pf.close()
+
+
+def test_an_error_while_drawing_writes_reaches_the_caller_and_no_thread_is_left():
+    before = threading.active_count()
+    pf = ChunkPrefetcher([_Failing()])
+    with pytest.raises(ValueError, match="the stream broke"):
+        pf.next_chunk(0)
+    pf.close()
+    assert threading.active_count() == before
+
+
+def test_a_simulation_leaves_no_thread_drawing_writes():
+    before = threading.active_count()
+    simulate(SimConfig(duration_ms=0.2, **COLLECTOR))
+    assert threading.active_count() == before
