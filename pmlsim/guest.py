@@ -128,6 +128,8 @@ class Guest:
         self._blocked = [False] * nv
         #: the limit of the current window with deferred exits (0: none), which catch-ups reach
         self._defer_until = 0
+        #: that window's writes to the pages it reads, the pages, and its start (or None)
+        self._read_log: tuple[list, np.ndarray, int] | None = None
 
     def close(self) -> None:
         """Stop drawing writes ahead (the run is over)."""
@@ -145,12 +147,20 @@ class Guest:
             self._reads.append(PageReads(np.asarray(times, np.int64), np.asarray(pages, np.int64), sink))
 
     def _do_reads(
-        self, G: np.ndarray, T: np.ndarray, limit: int, inclusive: bool, bounds=None, retired: bool = False
+        self,
+        G: np.ndarray,
+        T: np.ndarray,
+        limit: int,
+        inclusive: bool,
+        bounds=None,
+        retired: bool = False,
+        base: int | None = None,
     ) -> None:
         """Perform the reads up to ``limit``: each sees the version before this window plus the
         window's writes ``(G, T)`` (about to retire; ``retired``: already retired) to that page
         strictly before the read. ``bounds``: (starts, stops) when only writes
-        ``starts[l]:stops[l]`` retire."""
+        ``starts[l]:stops[l]`` retire. ``base``: when the window started (default: now)."""
+        base = self.env.now if base is None else base
         kw = None
         side = "right" if inclusive else "left"
         while self._reads:
@@ -164,8 +174,8 @@ class Guest:
             ver = self.memory.version[p_sel].copy()
             if len(G):
                 if kw is None:
-                    kw = self._write_keys(G, T, limit, side, bounds)
-                ks = (p_sel << TIME_BITS) | (t_sel - self.env.now)
+                    kw = self._write_keys(G, T, limit, side, bounds, base)
+                ks = (p_sel << TIME_BITS) | (t_sel - base)
                 first = np.searchsorted(kw, p_sel << TIME_BITS, "left")
                 before = np.searchsorted(kw, ks, "left") - first  # the page's writes before the read
                 if retired:  # memory holds all of them: take back those at or after the read
@@ -178,9 +188,15 @@ class Guest:
                 return
             self._reads.popleft()
 
-    def _write_keys(self, G: np.ndarray, T: np.ndarray, limit: int, side: str, bounds) -> np.ndarray:
+    def _write_keys(self, G: np.ndarray, T: np.ndarray, limit: int, side: str, bounds, base: int) -> np.ndarray:
         """Sorted (page, time) keys of the window's writes to the pages read up to ``limit``
         (only those: the window can hold millions of writes and a few thousand reads)."""
+        starts, stops = bounds if bounds is not None else (np.array([0, len(G)]), np.array([len(G)]))
+        idx = self._writes_to(G, starts, stops, self._due_pages(limit, side))
+        return np.sort((G[idx] << TIME_BITS) | (T[idx] - base))
+
+    def _due_pages(self, limit: int, side: str) -> np.ndarray:
+        """The pages of the reads before ``limit`` (``side="right"``: at it too)."""
         due = []
         for b in self._reads:
             ts = b.times[b.pos :]
@@ -188,11 +204,42 @@ class Guest:
             due.append(b.pages[b.pos : b.pos + k])
             if k < len(ts):
                 break
+        return np.concatenate(due) if due else np.zeros(0, np.int64)
+
+    def _writes_to(self, G: np.ndarray, starts: np.ndarray, stops: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        """Indexes of the writes ``G[starts[l]:stops[l]]`` (every lane) to one of ``pages``."""
         if self._read_marks is None:
             self._read_marks = np.zeros((self.ept.n_pages + 63) // 64, np.uint64)
-        starts, stops = bounds if bounds is not None else (np.array([0, len(G)]), np.array([len(G)]))
-        idx = lanes.writes_to(G, starts, stops, np.concatenate(due), self._read_marks)
-        return np.sort((G[idx] << TIME_BITS) | (T[idx] - self.env.now))
+        return lanes.writes_to(G, starts, stops, pages, self._read_marks)
+
+    # Page reads in a window with deferred exits: a lane that catches up after its exit retires
+    # writes after the window has started, so a read cannot be done at the window's start. The
+    # window keeps the writes (its own and its catch-ups') to the pages read before its limit,
+    # and the reads are done at the limit, before any other event there (URGENT), each seeing
+    # memory minus the kept writes at or after it.
+
+    def _open_read_log(self, limit: int) -> None:
+        pages = self._due_pages(limit, "left")
+        if not len(pages):
+            return
+        self._read_log = ([], pages, self.env.now)
+        ev = simpy.Event(self.env)
+        ev._ok = True
+        ev._value = None
+        ev.callbacks.append(lambda _ev: self._flush_reads(limit))
+        self.env.schedule(ev, simpy.events.URGENT, limit - self.env.now)
+
+    def _log_reads(self, G: np.ndarray, T: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> None:
+        log, pages, _ = self._read_log
+        idx = self._writes_to(G, starts, stops, pages)
+        log.append((G[idx], T[idx]))
+
+    def _flush_reads(self, limit: int) -> None:
+        log, _, base = self._read_log
+        self._read_log = None
+        G = np.concatenate([g for g, _ in log]) if log else np.zeros(0, np.int64)
+        T = np.concatenate([t for _, t in log]) if log else np.zeros(0, np.int64)
+        self._do_reads(G, T, limit=limit, inclusive=False, retired=True, base=base)
 
     def _next_read(self) -> tuple[int, int] | None:
         while self._reads:
@@ -352,10 +399,6 @@ class Guest:
                 defer = self._may_defer()
                 if defer:
                     horizon = min(self._peek_lanes(), env.now + MAX_WINDOW_NS)
-                    read = self._next_read()
-                    defer = read is None or read[0] > horizon
-                    if not defer:
-                        horizon = min(self._peek(), env.now + MAX_WINDOW_NS)
                 limit, cut, deferred = self._window_lanes(horizon, defer=defer)
                 self._defer_until = limit if defer else 0
                 self._schedule_deferred(deferred)
@@ -469,7 +512,8 @@ class Guest:
         reason, gfn, start time), for :meth:`_schedule_deferred`."""
         hv = self.vcpus[0].hv
         ept = self.ept
-        if running is None:
+        main = running is None  # not a lane's catch-up
+        if main:
             running = [vc for vc in self.vcpus if vc.running]
         takes = []
         batch = MAX_BATCH
@@ -485,6 +529,8 @@ class Guest:
             if len(t) > want and int(t[want]) + off < horizon:
                 horizon = int(t[want]) + off
             takes.append((vc, p, t, off))
+        if defer and main and self._reads:
+            self._open_read_log(horizon)  # the limit is the horizon
         vcs, effs, gs, offs = [], [], [], []
         for vc, p, t, off in takes:
             k = int(np.searchsorted(t, horizon - off, side="left"))  # exits only push writes later
@@ -494,7 +540,7 @@ class Guest:
                 gs.append(self._g[vc.index][p : p + k])
                 offs.append(off)
         if not vcs:
-            if self._reads:
+            if self._reads and not defer:
                 self._do_reads(np.zeros(0, np.int64), np.zeros(0, np.int64), limit=horizon, inclusive=True)
             return horizon, None, ()
         vs = [vc.index for vc in vcs]
@@ -516,6 +562,8 @@ class Guest:
             limit, owner, owner_pos, owner_exit = horizon, -1, -1, False
             fused = (E, offsets, free, horizon, first_wp, deferred)
             self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity, fused)
+            if self._read_log is not None:
+                self._log_reads(G, eff2, starts, stop)
         else:
             self._wid += 1
             if self._wid > 0xFFFF:  # the stamps are 16-bit: start a new cycle
@@ -546,11 +594,12 @@ class Guest:
     # ------------------------------------------------------------ fast engine, deferred exits
     # A lane's exit still running at the window's limit need not cut the other lanes: it
     # concerns its vCPU alone (its buffer, its own pages' leaves). So, when nothing else can
-    # observe the lanes before the next event (no trace being written in time order, no page
-    # read due, no pause requested), the window runs every lane to the next event that is not
-    # one of these exits', each lane stopping at its own straddling exit; that exit runs as a
-    # SimPy process of its own at its start time, as in the reference, and when its vCPU
-    # re-enters the guest the lane catches up to the window's limit (``_catch_up``). Without
+    # observe the lanes before the next event (no trace being written in time order, no pause
+    # requested; page reads wait for the window's end, see _open_read_log), the window runs
+    # every lane to the next event that is not one of these exits', each lane stopping at its
+    # own straddling exit; that exit runs as a SimPy process of its own at its start time, as
+    # in the reference, and when its vCPU re-enters the guest the lane catches up to the
+    # window's limit (``_catch_up``). Without
     # this, windows end at every straddling exit and then at its end: one window per exit.
 
     def _may_defer(self) -> bool:
