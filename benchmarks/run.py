@@ -34,19 +34,27 @@ SCENARIOS = [
     ("16 GiB, 64 vCPUs, hot/cold", 16384, 64, "hotcold", 50, 0.1),
     # every vCPU writes anywhere: the merged path (all writes in time order), not the lanes
     ("1 GiB, 16 vCPUs, uniform, shared", 1024, 16, "uniform/shared", 20, 0.3),
+    # a migration instead of the collector (25 Gbit/s; it does not converge at this rate):
+    # page reads in every window
+    ("4 GiB, 16 vCPUs, uniform, migration", 4096, 16, "uniform/migration", 100, 0.3),
 ]
 
 
 def scenario_config(mib: int, vcpus: int, kind: str, ms: float) -> SimConfig:
-    kind, _, sharing = kind.partition("/")
+    """``kind``: a workload kind, then ``/shared`` (every vCPU writes anywhere) or ``/migration``
+    (a migration over 25 Gbit/s instead of the collector)."""
+    kind, *flags = kind.split("/")
+    migrating = "migration" in flags
     return SimConfig(
         seed=1,
         duration_ms=ms,
         guest=GuestConfig(memory_mib=mib, vcpus=vcpus),
         pml=PmlConfig(buffer_entries=512),
-        workload=WorkloadConfig(kind=kind, writes_per_s_per_vcpu=1e7, sharing=sharing or "partitioned"),
-        collector=CollectorConfig(enabled=True, interval_us=1000),
-        migration=MigrationConfig(enabled=False),
+        workload=WorkloadConfig(
+            kind=kind, writes_per_s_per_vcpu=1e7, sharing="shared" if "shared" in flags else "partitioned"
+        ),
+        collector=CollectorConfig(enabled=not migrating, interval_us=1000),
+        migration=MigrationConfig(enabled=migrating, bandwidth_mbit_s=25_000),
     )
 
 
@@ -112,7 +120,8 @@ def main() -> None:
     ap.add_argument("--only", metavar="TEXT", help="only the scenarios whose name contains TEXT")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {mp.cpu_count()} cores, Python {sys.version.split()[0]}")
-    print("writes at 10M/s per vCPU, PML 512 entries, collector every 1 ms; reference rate extrapolated")
+    print("writes at 10M/s per vCPU, PML 512 entries, collector every 1 ms (or a migration over 25 Gbit/s);")
+    print("reference rate extrapolated")
     print("from its shorter run; 'same' = fast and reference results identical on that run; each run in a")
     print("fresh process after a tiny warm-up run (numba loads the compiled kernels once per process)")
     head = f"{'scenario':<34} {'fast w/s':>12} {'ref w/s':>10} {'ratio':>7} {'events':>9} {'RSS MiB':>8} same"

@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB
+from pmlsim.pml import hdbss_entry
 
 #: why :func:`retire` stopped (``Guest._retire_window`` maps them to VM exits)
 NO_CUT, CUT_MISCONFIG, CUT_VIOLATION, CUT_FULL = 0, 1, 2, 3
@@ -49,10 +50,8 @@ def retire(
                 idx = log_index[v]
                 if idx < 0:
                     return i, CUT_FULL, nl  # the write finds the log full: it exits first
-                if hdbss:  # block-aligned entry with its level (Arm ARM D8.5.2.3)
-                    pages = leaf_pages[leaf]
-                    ttwl = 3 if pages == 1 else (2 if pages == 512 else 1)
-                    log_gpa[v, idx] = (leaf_base[leaf] << 12) | (ttwl << 1) | 1
+                if hdbss:  # block-aligned entry with its level
+                    log_gpa[v, idx] = hdbss_entry(leaf_base[leaf], leaf_pages[leaf])
                 else:
                     log_gpa[v, idx] = g << 12  # PML: the 4 KiB-aligned GPA, whatever the leaf
                 log_time[v, idx] = T[i]

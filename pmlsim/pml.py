@@ -13,6 +13,7 @@ size of 65536 entries (whose empty index 65535 equals 0xFFFF) stays unambiguous;
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 
 class PmlArea:
@@ -82,15 +83,23 @@ class PmlBuffer:
         return out
 
 
-#: HDBSS entry: ``[55:12]`` IPA aligned to the block, ``[3:1]`` TTWL (the level), ``[0]`` valid
-HDBSS_TTWL = {1: 3, 512: 2, 512 * 512: 1}  # 4 KiB page: level 3; 2 MiB block: 2; 1 GiB: 1
-HDBSS_PAGES = {3: 1, 2: 512, 1: 512 * 512}
+@njit(cache=True, nogil=True)
+def hdbss_entry(base_gfn, pages):
+    """The HDBSS entry for a write that dirtied a leaf of ``pages`` 4 KiB pages from
+    ``base_gfn`` (Arm ARM D8.5.2.3): ``[55:12]`` IPA aligned to the block, ``[3:1]`` TTWL (the
+    level: 3 for a 4 KiB page, 2 for a 2 MiB block, 1 for 1 GiB), ``[0]`` valid. Compiled: the
+    merged pass (``pmlsim.merged``) calls it per write."""
+    ttwl = 3 if pages == 1 else (2 if pages == 512 else 1)
+    return (base_gfn << 12) | (ttwl << 1) | 1
 
 
+@njit(cache=True, nogil=True)
 def hdbss_entries(leaf_base_gfn: np.ndarray, leaf_pages: np.ndarray) -> np.ndarray:
-    """HDBSS entries for writes that dirtied these leaves (Arm ARM D8.5.2.3)."""
-    ttwl = np.where(leaf_pages == 1, 3, np.where(leaf_pages == 512, 2, 1))
-    return (leaf_base_gfn << 12) | (ttwl << 1) | 1
+    """HDBSS entries for writes that dirtied these leaves (:func:`hdbss_entry` each)."""
+    out = np.empty(len(leaf_base_gfn), np.int64)
+    for i in range(len(out)):
+        out[i] = hdbss_entry(np.int64(leaf_base_gfn[i]), leaf_pages[i])
+    return out
 
 
 def hdbss_gfns(entries: np.ndarray) -> np.ndarray:
