@@ -560,7 +560,7 @@ class Guest:
         if defer:
             # the limit is the horizon: each lane plans and commits on its own (one per core)
             limit, owner, owner_pos, owner_exit = horizon, -1, -1, False
-            fused = (E, offsets, free, horizon, first_wp, deferred)
+            fused = (E, offsets, horizon, first_wp, deferred)
             self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity, fused)
             if self._read_log is not None:
                 self._log_reads(G, eff2, starts, stop)
@@ -672,45 +672,30 @@ class Guest:
     def _commit_lanes(self, vcs, starts, stop, vbits, eff2, G, c, identity, fused=None):
         """Retire the lanes' writes up to their stops, with the exits among them (compiled), then
         account for them: vCPU counters and clocks, drained entries, trace events. ``fused``:
-        (E, offsets, free, horizon, first_wp, deferred) to plan and commit each lane in one
-        pass, one lane per core (:func:`pmlsim.lanes.run_parallel`), which fills the stops."""
+        (E, offsets, horizon, first_wp, deferred) to plan and commit each lane in one pass, which
+        fills the stops."""
         ept, hv, mem, L = self.ept, self.vcpus[0].hv, self.memory, len(vcs)
         size = vcs[0].pml.size
         n = int(starts[-1])
         pml_index = np.array([vc.pml.pml_index for vc in vcs], dtype=np.int64)
         used = int(sum(vc.pml.used for vc in vcs)) if self.pml_enabled else 0
         n_logged = np.zeros(L, np.int64)
-        n_exits = np.zeros(L + 1, np.int64)
+        n_exits = np.zeros(L, np.int64)
         last_end = np.zeros(L, np.int64)
         drained_gfn, drained_age = self._scratch("drained_gfn", n + used), self._scratch("drained_age", n + used)
         ex_rec = self._scratch("ex_rec", 4 * n).reshape(n, 4)
         trace = self.trace.enabled
         log_rec = self._scratch("log_rec", 2 * n if trace else 0).reshape(-1, 2)
         vids = np.array([vc.index for vc in vcs], dtype=np.int64)
-        if fused is None:
-            one_pass = (eff2, starts, 0, starts, starts)  # not read
-        else:
-            E, offsets, free, horizon, first_wp, deferred = fused
-            one_pass = (E, offsets, horizon, first_wp, deferred)
-        if fused is not None and L > 1 and lanes.parallel_ok():
-            with lanes.PARALLEL_LOCK:
-                nx, nd = lanes.run_parallel(
-                    E, G, starts, offsets, vbits, vids, free, size, c, horizon, self.pml_enabled, ept.n_pages, identity,
-                    ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty,
-                    mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
-                    self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
-                    n_logged, n_exits, last_end, eff2, stop, first_wp, deferred, drained_gfn, drained_age, ex_rec,
-                )  # fmt: skip
-            nl = 0
-        else:
-            nx, nd, nl = lanes.commit(
-                eff2, G, starts, stop, vbits, vids, size, c, self.pml_enabled, ept.n_pages, identity,
-                ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty,
-                mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
-                self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
-                n_logged, n_exits, last_end, drained_gfn, drained_age, ex_rec, log_rec, trace,
-                fused is not None, *one_pass,
-            )  # fmt: skip
+        one_pass = fused if fused is not None else (eff2, starts, 0, starts, starts)  # (not read)
+        nx, nd, nl = lanes.commit(
+            eff2, G, starts, stop, vbits, vids, size, c, self.pml_enabled, ept.n_pages, identity,
+            ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty,
+            mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
+            self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
+            n_logged, n_exits, last_end, drained_gfn, drained_age, ex_rec, log_rec, trace,
+            fused is not None, *one_pass,
+        )  # fmt: skip
         ex_rec = ex_rec[:nx]
         if self.pml_enabled:
             if nx:
@@ -720,7 +705,7 @@ class Guest:
             if nx:
                 hv.dirty_log.mark(G[ex_rec[:, 0]])
             reason = VmExit.EPT_VIOLATION
-        n_ret, n_ex, idxs = (stop - starts[:-1]).tolist(), n_exits[:L].tolist(), pml_index.tolist()
+        n_ret, n_ex, idxs = (stop - starts[:-1]).tolist(), n_exits.tolist(), pml_index.tolist()
         counts = zip(vcs, n_ex, n_ret, idxs, n_logged.tolist(), last_end.tolist(), strict=True)
         for vc, k, nr, idx, nl_v, end in counts:
             if k:

@@ -19,28 +19,16 @@ A window runs in two passes:
   at each inline exit), and guest memory (version, last writer, how the write was logged).
 
 When the lanes do not cut each other (``defer``: the limit is the horizon), each lane's stop
-depends on that lane alone, so :func:`run_parallel` plans and commits each lane in one pass,
-the lanes spread over the machine's cores (numba ``prange``). The lanes write disjoint leaves,
-pages and buffers, and each lane's exits land in its own range of the output arrays before
-they are packed, so the results are those of the two sequential passes, byte for byte.
+depends on that lane alone, so :func:`commit` with ``fused`` plans and commits each lane in one
+pass.
 """
 
 from __future__ import annotations
 
-import threading
-
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB
-
-# Parallel kernels run on a thread pool that must survive fork() (sweeps fork worker processes;
-# GNU OpenMP aborts a forked child): numba's fork-safe layers (TBB if installed, else its own
-# workqueue), and one parallel launch at a time (the workqueue is not thread-safe; sweeps may run
-# simulations on threads).
-numba.config.THREADING_LAYER = "forksafe"
-PARALLEL_LOCK = threading.Lock()
 
 #: "no event" as an integer time (also ``guest.NO_EVENT``)
 NO_EVENT = np.iinfo(np.int64).max
@@ -328,7 +316,7 @@ def commit(
     PML index). Returns (exits, drained entries, logged-write records).
 
     ``fused``: plan and commit in one pass, the limit being ``horizon`` (see :func:`_commit_lane`;
-    the other arguments after it are then used; :func:`run_parallel` is the same on all cores)."""
+    the arguments after it are then used)."""
     nd, nx, nl = 0, 0, 0
     for lane in range(len(starts) - 1):
         nd, nx, nl = _commit_lane(
@@ -339,75 +327,6 @@ def commit(
             fused, E, offset, horizon, first_wp, deferred,
         )  # fmt: skip
     return nx, nd, nl
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _probe(n):
-    s = 0
-    for i in prange(n):
-        s += i
-    return s
-
-
-_parallel: bool | None = None
-
-
-def parallel_ok() -> bool:
-    """Whether :func:`run_parallel` pays: more than one thread, on a pool that launches fast
-    (TBB or OpenMP; numba's own workqueue made the 1 GiB, 16-vCPU benchmark slower than one
-    core here). Decided once per process, at the first call."""
-    global _parallel
-    if _parallel is None:
-        _probe(2)
-        _parallel = numba.config.NUMBA_NUM_THREADS > 1 and numba.threading_layer() != "workqueue"
-    return _parallel
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def run_parallel(
-    E, G, starts, offset, vbits, vids, free, size, c, horizon, pml_enabled, n_pages, identity,
-    leaf_of_gfn, d_bit, w_bit, tlb_dirty,
-    version, last_vcpu, last_time, last_kind,
-    pml_gpa, pml_time, pml_index,
-    n_logged, n_exits, last_exit_end,
-    eff2, stops, first_wp, deferred, drained_gfn, drained_age, ex_rec,
-):  # fmt: skip
-    """Plan and commit in one pass per lane, one lane per task, when the limit is ``horizon``
-    (lanes do not cut each other: ``plan`` with ``defer``). Lane l writes its exits from row
-    ``starts[l]`` of ``ex_rec`` and its drained entries from ``starts[l]`` plus the entries
-    already in the buffers of lanes before it (``size - free``); both are then packed in lane
-    order, as :func:`commit` leaves them. Returns (exits, drained entries)."""
-    L = len(starts) - 1
-    dr0 = np.zeros(L + 1, np.int64)
-    for lane in range(L):
-        dr0[lane + 1] = dr0[lane] + (starts[lane + 1] - starts[lane]) + (size - free[lane])
-    nd_end = np.empty(L, np.int64)
-    nx_end = np.empty(L, np.int64)
-    for lane in prange(L):
-        nd, nx, _ = _commit_lane(
-            lane, eff2, G, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
-            leaf_of_gfn, d_bit, w_bit, tlb_dirty, version, last_vcpu, last_time, last_kind,
-            pml_gpa, pml_time, pml_index, n_logged, n_exits, last_exit_end,
-            drained_gfn, drained_age, ex_rec, ex_rec, False, dr0[lane], starts[lane], 0,
-            True, E, offset, horizon, first_wp, deferred,
-        )  # fmt: skip
-        nd_end[lane] = nd
-        nx_end[lane] = nx
-    # pack the lanes' segments (each moves down or stays: segments are in lane order)
-    nd, nx = 0, 0
-    for lane in range(L):
-        shift = nd - dr0[lane]
-        for k in range(dr0[lane], nd_end[lane]):
-            drained_gfn[nd] = drained_gfn[k]
-            drained_age[nd] = drained_age[k]
-            nd += 1
-        for k in range(starts[lane], nx_end[lane]):
-            ex_rec[nx, 0] = ex_rec[k, 0]
-            ex_rec[nx, 1] = ex_rec[k, 1]
-            ex_rec[nx, 2] = ex_rec[k, 2] + shift
-            ex_rec[nx, 3] = ex_rec[k, 3] + shift
-            nx += 1
-    return nx, nd
 
 
 @njit(cache=True, nogil=True)

@@ -13,7 +13,6 @@ from pmlsim import (
     SimConfig,
     TrackingConfig,
     WorkloadConfig,
-    lanes,
     simulate,
 )
 
@@ -83,28 +82,6 @@ def test_lanes_defer_exits_running_at_a_window_end_with_the_reference_results():
     _assert_same(config)
     traced = simulate(attrs.evolve(config, engine="fast"), trace=ListTrace()).sim_events
     assert untraced < traced / 2
-
-
-def test_lanes_on_every_core_give_the_results_of_one_core(monkeypatch):
-    # pmlsim.lanes.run_parallel (one lane per core) is used only on a fast thread pool (TBB,
-    # OpenMP); here it runs on whatever pool this machine has, against the reference
-    monkeypatch.setattr(lanes, "_parallel", True)
-    calls = []
-    run_parallel = lanes.run_parallel
-    monkeypatch.setattr(lanes, "run_parallel", lambda *args: calls.append(1) or run_parallel(*args))
-    for tracking, layout in ((TrackingConfig(), "4k"), (TrackingConfig(mechanism="write-protect"), "mixed")):
-        config = SimConfig(
-            seed=23,
-            duration_ms=0.3,
-            guest=GuestConfig(memory_mib=64, vcpus=8, layout=layout, fraction_2m=0.5),
-            tracking=tracking,
-            pml=PmlConfig(buffer_entries=16),
-            workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=1e7),
-            **COLLECTOR,
-        )
-        calls.clear()
-        _untraced_events(config)
-        assert calls
 
 
 def test_lanes_defer_superpage_split_faults_and_write_protection_faults():
