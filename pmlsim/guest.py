@@ -558,7 +558,7 @@ class Guest:
         identity = ept.identity()
         offsets = np.array(offs, np.int64)
         if defer:
-            # the limit is the horizon: each lane plans and commits on its own (one per core)
+            # the limit is the horizon: each lane plans and commits on its own, in one pass
             limit, owner, owner_pos, owner_exit = horizon, -1, -1, False
             fused = (E, offsets, horizon, first_wp, deferred)
             self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity, fused)
@@ -573,7 +573,7 @@ class Guest:
             limit, owner, owner_pos, owner_exit = lanes.plan(
                 E, G, starts, offsets, vbits, free, size, c, horizon, self.pml_enabled,
                 ept.n_pages, identity, ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.lane_stamp,
-                self._wid, eff2, ex_pos, n_ex, first_wp, walked, stop, defer, deferred,
+                self._wid, eff2, ex_pos, n_ex, first_wp, walked, stop,
             )  # fmt: skip
             if self._reads:
                 self._do_reads(G, eff2, limit=limit, inclusive=True, bounds=(starts, stop))
@@ -599,8 +599,8 @@ class Guest:
     # every lane to the next event that is not one of these exits', each lane stopping at its
     # own straddling exit; that exit runs as a SimPy process of its own at its start time, as
     # in the reference, and when its vCPU re-enters the guest the lane catches up to the
-    # window's limit (``_catch_up``). Without
-    # this, windows end at every straddling exit and then at its end: one window per exit.
+    # window's limit (``_catch_up``). Without this, windows end at every straddling exit and
+    # then at its end: one window per exit.
 
     def _may_defer(self) -> bool:
         return not self.trace.enabled and not any(vc.pause_requested for vc in self.vcpus)

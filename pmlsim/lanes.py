@@ -7,7 +7,7 @@ in program order exactly as the CPU would, with no per-write SimPy event. The ke
 compiled with numba; they are the same per-write rules as ``Guest._write_one`` (the reference
 engine), which ``tests/test_engines.py`` checks event for event.
 
-A window runs in two passes:
+In a traced run (and while a pause is pending) a window runs in two passes:
 
 * :func:`plan` walks every lane without changing any state (a per-window stamp stands for the D
   bits the lane sets), and finds where each lane's PML-full exits (or write-protection faults)
@@ -18,9 +18,10 @@ A window runs in two passes:
 * :func:`commit` retires each lane up to its stop: D bits, TLBs, the PML buffer (draining it
   at each inline exit), and guest memory (version, last writer, how the write was logged).
 
-When the lanes do not cut each other (``defer``: the limit is the horizon), each lane's stop
-depends on that lane alone, so :func:`commit` with ``fused`` plans and commits each lane in one
-pass.
+Otherwise the lanes do not cut each other: the limit is the next event, and a lane's exit still
+running there runs as that vCPU's own SimPy process (``Guest._start_deferred``). Each lane's
+stop then depends on that lane alone, so :func:`commit` with ``fused`` plans and commits each
+lane in one pass.
 """
 
 from __future__ import annotations
@@ -93,9 +94,9 @@ def _walk_lane(
 
 
 @njit(cache=True, nogil=True)
-def _stop_lane(lane, starts, eff2, ex_pos, n_ex, first_wp, walked, c, limit, stops, defer, deferred):
+def _stop_lane(lane, starts, eff2, ex_pos, n_ex, first_wp, walked, limit, stops):
     """Where lane ``lane`` stops: before its first write at or past ``limit``, never past an exit
-    still running there; with ``defer``, the start of that exit (or fault) in ``deferred``."""
+    still running there."""
     a, fw = starts[lane], first_wp[lane]
     lo, hi = a, min(fw, walked[lane])
     while lo < hi:
@@ -109,19 +110,13 @@ def _stop_lane(lane, starts, eff2, ex_pos, n_ex, first_wp, walked, c, limit, sto
     if j < n_ex[lane] and ex_pos[a + j] < stop:
         stop = ex_pos[a + j]
     stops[lane] = stop
-    if defer:
-        deferred[lane] = -1
-        if j < n_ex[lane] and ex_pos[a + j] == stop and eff2[stop] - c < limit:
-            deferred[lane] = eff2[stop] - c  # an exit running at the limit
-        elif stop == fw and fw < starts[lane + 1] and eff2[fw] < limit:
-            deferred[lane] = eff2[fw]  # a fault (superpage split, or any under PML)
 
 
 @njit(cache=True, nogil=True)
 def plan(
     E, G, starts, offset, vbits, free, size, c, horizon, pml_enabled, n_pages, identity,
     leaf_of_gfn, d_bit, w_bit, tlb_dirty, seen, wid,
-    eff2, ex_pos, n_ex, first_wp, walked, stops, defer, deferred,
+    eff2, ex_pos, n_ex, first_wp, walked, stops,
 ):  # fmt: skip
     """Pass 1. ``E``: each write's guest time; lanes are ``starts[l]`` to ``starts[l+1]``; a
     lane's write retires at simulated time ``E + offset[l]`` plus its earlier exits in this
@@ -132,12 +127,8 @@ def plan(
     starts), ``first_wp`` (a write that must fault as a SimPy exit, or the lane's end) and
     ``stops``; ``walked[l]``: where the walk of lane l stopped. Returns (limit, owner lane,
     owner write, owner is a PML-full exit); the owner lane is -1 when every exit before
-    ``horizon`` is inline.
-
-    ``defer``: the lanes' own exits do not move the limit back (it stays ``horizon``): a lane
-    whose exit or fault starts before the limit and has not ended there stops at that write,
-    and ``deferred[l]`` gets the time the exit starts (-1: none); the caller runs it as a SimPy
-    exit of that vCPU alone (``Guest._start_deferred``)."""
+    ``horizon`` is inline. (Without a trace the lanes do not cut each other, and
+    :func:`commit` with ``fused`` replaces this pass.)"""
     L = len(starts) - 1
     # A lane is walked only until a write at or past ``bound``, a limit no later than the final
     # one: what lies beyond cannot retire in this window (exits only lower the limit).
@@ -147,8 +138,6 @@ def plan(
             lane, E, G, starts, offset, vbits, free, size, c, bound, pml_enabled, n_pages, identity,
             leaf_of_gfn, d_bit, w_bit, tlb_dirty, seen, wid, eff2, ex_pos, n_ex, first_wp, walked,
         )  # fmt: skip
-        if defer:
-            continue  # the limit is the horizon: lanes do not cut each other
         # this lane's own cut (its exit running at the bound, or its fault) lowers the bound
         a, ne, fw = starts[lane], n_ex[lane], first_wp[lane]
         j = _first_end_at_or_after(eff2, ex_pos, a, ne, bound)
@@ -160,7 +149,7 @@ def plan(
     # the limit: the horizon, or the start of the earliest exit still running at the limit
     limit = horizon
     owner, owner_pos, owner_exit = -1, -1, False
-    while not defer:
+    while True:
         best_t, best_l, best_p, best_ex = NO_EVENT, -1, -1, False
         for lane in range(L):
             a = starts[lane]
@@ -184,7 +173,7 @@ def plan(
 
     # each lane retires its writes before the limit, never past an exit still running there
     for lane in range(L):
-        _stop_lane(lane, starts, eff2, ex_pos, n_ex, first_wp, walked, c, limit, stops, defer, deferred)
+        _stop_lane(lane, starts, eff2, ex_pos, n_ex, first_wp, walked, limit, stops)
     if owner >= 0:
         stops[owner] = owner_pos
     return limit, owner, owner_pos, owner_exit
