@@ -524,7 +524,8 @@ class Guest:
             t = self._t[v][p : p + batch + 1]
             off = vc.base_sim_ns - vc.base_guest_ns  # guest time to simulated time, at full speed
             want = self._batch_end(v, t, batch)
-            if want > batch:
+            if want > batch:  # more writes were drawn: the pending ones start at _pos again
+                p = self._pos[v]
                 t = self._t[v][p : p + want + 1]
             if len(t) > want and int(t[want]) + off < horizon:
                 horizon = int(t[want]) + off
