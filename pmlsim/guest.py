@@ -223,11 +223,7 @@ class Guest:
         if not len(pages):
             return
         self._read_log = ([], pages, self.env.now)
-        ev = simpy.Event(self.env)
-        ev._ok = True
-        ev._value = None
-        ev.callbacks.append(lambda _ev: self._flush_reads(limit))
-        self.env.schedule(ev, simpy.events.URGENT, limit - self.env.now)
+        self._at(limit, simpy.events.URGENT).callbacks.append(lambda _ev: self._flush_reads(limit))
 
     def _log_reads(self, G: np.ndarray, T: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> None:
         log, pages, _ = self._read_log
@@ -279,14 +275,15 @@ class Guest:
             self._eff_key[v] = key
         return self._eff[v][p : p + n], self._g[v][p : p + n]
 
-    def _at(self, t: float) -> simpy.Event:
-        """An event at time ``t`` that fires after every other event of that time."""
+    def _at(self, t: float, priority: int = WRITE_PRIORITY) -> simpy.Event:
+        """An event at time ``t`` that fires after every other event of that time (or, with
+        ``priority`` URGENT, before them)."""
         ev = simpy.Event(self.env)
         if t >= NO_EVENT:
             return ev  # never fires: nothing else will happen
         ev._ok = True
         ev._value = None
-        self.env.schedule(ev, WRITE_PRIORITY, t - self.env.now)
+        self.env.schedule(ev, priority, t - self.env.now)
         return ev
 
     def _entries(self, gfns: np.ndarray, leaves: np.ndarray) -> np.ndarray:
@@ -394,11 +391,9 @@ class Guest:
         cuts."""
         env = self.env
         while True:
-            horizon = min(self._peek(), env.now + MAX_WINDOW_NS)
             if self._lanes_now():
                 defer = self._may_defer()
-                if defer:
-                    horizon = min(self._peek_lanes(), env.now + MAX_WINDOW_NS)
+                horizon = min(self._peek_lanes() if defer else self._peek(), env.now + MAX_WINDOW_NS)
                 limit, cut, deferred = self._window_lanes(horizon, defer=defer)
                 self._defer_until = limit if defer else 0
                 self._schedule_deferred(deferred)
@@ -411,6 +406,7 @@ class Guest:
                 self.vcpus[v].vm_exit(reason, gfn)
                 yield self._at(env.now)
                 continue
+            horizon = min(self._peek(), env.now + MAX_WINDOW_NS)
             parts = []
             for vc in self.vcpus:
                 if not vc.running:
@@ -555,38 +551,35 @@ class Guest:
         c = hv.pml_full_exit_ns(size) if self.pml_enabled else hv.write_fault_exit_ns()
         eff2 = self._scratch("eff2", n)
         first_wp, stop, deferred = np.empty(L, np.int64), np.empty(L, np.int64), np.empty(L, np.int64)
-        free = np.array([vc.pml.free for vc in vcs], dtype=np.int64)
         identity = ept.identity()
         offsets = np.array(offs, np.int64)
+        exit_reason = VmExit.PML_FULL if self.pml_enabled else VmExit.EPT_VIOLATION
         if defer:
             # the limit is the horizon: each lane plans and commits on its own, in one pass
-            limit, owner, owner_pos, owner_exit = horizon, -1, -1, False
             fused = (E, offsets, horizon, first_wp, deferred)
             self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity, fused)
             if self._read_log is not None:
                 self._log_reads(G, eff2, starts, stop)
-        else:
-            self._wid += 1
-            if self._wid > 0xFFFF:  # the stamps are 16-bit: start a new cycle
-                ept.lane_stamp[:] = 0
-                self._wid = 1
-            ex_pos, n_ex, walked = self._scratch("ex_pos", n), np.empty(L, np.int64), np.empty(L, np.int64)
-            limit, owner, owner_pos, owner_exit = lanes.plan(
-                E, G, starts, offsets, vbits, free, size, c, horizon, self.pml_enabled,
-                ept.n_pages, identity, ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.lane_stamp,
-                self._wid, eff2, ex_pos, n_ex, first_wp, walked, stop,
-            )  # fmt: skip
-            if self._reads:
-                self._do_reads(G, eff2, limit=limit, inclusive=True, bounds=(starts, stop))
-            self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity)
-        exit_reason = VmExit.PML_FULL if self.pml_enabled else VmExit.EPT_VIOLATION
-        if defer:
             out = []
             for lane in np.flatnonzero(deferred >= 0).tolist():
                 p = int(stop[lane])
                 reason = VmExit.EPT_VIOLATION if p == first_wp[lane] else exit_reason
                 out.append((vs[lane], reason, int(G[p]), int(deferred[lane])))
-            return int(limit), None, out
+            return int(horizon), None, out
+        free = np.array([vc.pml.free for vc in vcs], dtype=np.int64)
+        self._wid += 1
+        if self._wid > 0xFFFF:  # the stamps are 16-bit: start a new cycle
+            ept.lane_stamp[:] = 0
+            self._wid = 1
+        ex_pos, n_ex, walked = self._scratch("ex_pos", n), np.empty(L, np.int64), np.empty(L, np.int64)
+        limit, owner, owner_pos, owner_exit = lanes.plan(
+            E, G, starts, offsets, vbits, free, size, c, horizon, self.pml_enabled,
+            ept.n_pages, identity, ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.lane_stamp,
+            self._wid, eff2, ex_pos, n_ex, first_wp, walked, stop,
+        )  # fmt: skip
+        if self._reads:
+            self._do_reads(G, eff2, limit=limit, inclusive=True, bounds=(starts, stop))
+        self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity)
         if owner < 0:
             return int(limit), None, ()
         reason = exit_reason if owner_exit else VmExit.EPT_VIOLATION
@@ -645,10 +638,6 @@ class Guest:
         vc = self.vcpus[v]
         end = self._defer_until
         while vc.running and not self._blocked[v] and self.env.now < end and self._lanes_now():
-            self._fill(v, 1)
-            p = self._pos[v]
-            if p >= len(self._t[v]) or int(self._t[v][p]) + vc.base_sim_ns - vc.base_guest_ns >= end:
-                return
             limit, _, deferred = self._window_lanes(end, [vc], defer=True)
             self._schedule_deferred(deferred)
             if limit >= end:

@@ -180,114 +180,6 @@ def plan(
 
 
 @njit(cache=True, nogil=True)
-def _commit_lane(
-    lane, eff2, G, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
-    leaf_of_gfn, d_bit, w_bit, tlb_dirty,
-    version, last_vcpu, last_time, last_kind,
-    pml_gpa, pml_time, pml_index,
-    n_logged, n_exits, last_exit_end,
-    drained_gfn, drained_age, ex_rec, log_rec, trace, nd, nx, nl,
-    fused, E, offset, horizon, first_wp, deferred,
-):  # fmt: skip
-    """Retire lane ``lane``'s writes; its drained entries, exits and logged writes go to the
-    output arrays from ``nd``, ``nx`` and ``nl``. Returns where they end.
-
-    ``fused`` (plan and commit in one pass, when the limit is ``horizon`` whatever the other
-    lanes do): each write's time is ``E + offset`` plus the lane's exits so far (``eff2`` is
-    filled), and the lane stops by itself at its first write at or past the horizon, or at an
-    exit or fault starting before it and not over there (``deferred``: its start; a fault's
-    write in ``first_wp``, else the lane's end)."""
-    vb = vbits[lane]
-    v = vids[lane]
-    idx = pml_index[lane]
-    logged = 0
-    exits = 0
-    end = starts[lane + 1] if fused else stops[lane]
-    shift = offset[lane] if fused else 0
-    if fused:
-        stops[lane] = end
-        deferred[lane] = -1
-        first_wp[lane] = end
-    for i in range(starts[lane], end):
-        g = G[i]
-        leaf = g if identity else leaf_of_gfn[g]
-        held = (tlb_dirty[leaf] & vb) != 0
-        if fused:
-            t = E[i] + shift
-            if t >= horizon:
-                stops[lane] = i
-                break
-            if not w_bit[leaf] and not held and (pml_enabled or leaf >= n_pages):
-                stops[lane] = i  # split-on-write superpage (or any fault under PML): a SimPy exit
-                deferred[lane] = t
-                first_wp[lane] = i
-                break
-            if (not w_bit[leaf] and not held) or (pml_enabled and not d_bit[leaf] and not held and idx < 0):
-                if t + c >= horizon:
-                    stops[lane] = i  # an exit still running at the horizon: a SimPy exit
-                    deferred[lane] = t
-                    break
-                shift += c
-                t += c
-            eff2[i] = t
-        else:
-            t = eff2[i]
-        kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
-        if pml_enabled:
-            if not d_bit[leaf]:
-                if held:
-                    kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
-                else:
-                    if idx < 0:
-                        # PML-full exit (reason 62): the handler drains the whole buffer
-                        k0 = nd
-                        for e in range(size - 1, -1, -1):
-                            drained_gfn[nd] = pml_gpa[v, e] >> 12
-                            drained_age[nd] = t - c - pml_time[v, e]
-                            nd += 1
-                        ex_rec[nx, 0] = i
-                        ex_rec[nx, 1] = t - c
-                        ex_rec[nx, 2] = k0
-                        ex_rec[nx, 3] = nd
-                        nx += 1
-                        idx = size - 1
-                        exits += 1
-                        last_exit_end[lane] = t
-                    pml_gpa[v, idx] = g << 12
-                    pml_time[v, idx] = t
-                    if trace:
-                        log_rec[nl, 0] = i
-                        log_rec[nl, 1] = idx
-                        nl += 1
-                    idx -= 1
-                    d_bit[leaf] = True
-                    kind = LOGGED
-                    logged += 1
-        elif not w_bit[leaf] and not held:
-            # write protection: the EPT violation marks the page and makes it writable, D=1
-            ex_rec[nx, 0] = i
-            ex_rec[nx, 1] = t - c
-            ex_rec[nx, 2] = nd
-            ex_rec[nx, 3] = nd
-            nx += 1
-            w_bit[leaf] = True
-            d_bit[leaf] = True
-            exits += 1
-            last_exit_end[lane] = t
-        elif not d_bit[leaf] and held:
-            kind = STALE_TLB
-        tlb_dirty[leaf] |= vb
-        version[g] += 1
-        last_vcpu[g] = v
-        last_time[g] = t
-        last_kind[g] = kind
-    pml_index[lane] = idx
-    n_logged[lane] = logged
-    n_exits[lane] = exits
-    return nd, nx, nl
-
-
-@njit(cache=True, nogil=True)
 def commit(
     eff2, G, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
     leaf_of_gfn, d_bit, w_bit, tlb_dirty,
@@ -304,17 +196,100 @@ def commit(
     exit start, first drained, end drained); ``log_rec`` rows (only with ``trace``): (write,
     PML index). Returns (exits, drained entries, logged-write records).
 
-    ``fused``: plan and commit in one pass, the limit being ``horizon`` (see :func:`_commit_lane`;
-    the arguments after it are then used)."""
+    ``fused`` (plan and commit in one pass, when the limit is ``horizon`` whatever the other
+    lanes do): each write's time is ``E + offset`` plus the lane's exits so far (``eff2`` is
+    filled), and each lane stops by itself at its first write at or past the horizon, or at an
+    exit or fault starting before it and not over there (``deferred``: its start, -1 for none;
+    a fault's write in ``first_wp``, else the lane's end); ``stops`` is filled."""
     nd, nx, nl = 0, 0, 0
     for lane in range(len(starts) - 1):
-        nd, nx, nl = _commit_lane(
-            lane, eff2, G, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
-            leaf_of_gfn, d_bit, w_bit, tlb_dirty, version, last_vcpu, last_time, last_kind,
-            pml_gpa, pml_time, pml_index, n_logged, n_exits, last_exit_end,
-            drained_gfn, drained_age, ex_rec, log_rec, trace, nd, nx, nl,
-            fused, E, offset, horizon, first_wp, deferred,
-        )  # fmt: skip
+        vb = vbits[lane]
+        v = vids[lane]
+        idx = pml_index[lane]
+        logged = 0
+        exits = 0
+        end = starts[lane + 1] if fused else stops[lane]
+        shift = offset[lane] if fused else 0
+        if fused:
+            stops[lane] = end
+            deferred[lane] = -1
+            first_wp[lane] = end
+        for i in range(starts[lane], end):
+            g = G[i]
+            leaf = g if identity else leaf_of_gfn[g]
+            held = (tlb_dirty[leaf] & vb) != 0
+            if fused:
+                t = E[i] + shift
+                if t >= horizon:
+                    stops[lane] = i
+                    break
+                if not w_bit[leaf] and not held and (pml_enabled or leaf >= n_pages):
+                    stops[lane] = i  # split-on-write superpage (or any fault under PML): a SimPy exit
+                    deferred[lane] = t
+                    first_wp[lane] = i
+                    break
+                if (not w_bit[leaf] and not held) or (pml_enabled and not d_bit[leaf] and not held and idx < 0):
+                    if t + c >= horizon:
+                        stops[lane] = i  # an exit still running at the horizon: a SimPy exit
+                        deferred[lane] = t
+                        break
+                    shift += c
+                    t += c
+                eff2[i] = t
+            else:
+                t = eff2[i]
+            kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
+            if pml_enabled:
+                if not d_bit[leaf]:
+                    if held:
+                        kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
+                    else:
+                        if idx < 0:
+                            # PML-full exit (reason 62): the handler drains the whole buffer
+                            k0 = nd
+                            for e in range(size - 1, -1, -1):
+                                drained_gfn[nd] = pml_gpa[v, e] >> 12
+                                drained_age[nd] = t - c - pml_time[v, e]
+                                nd += 1
+                            ex_rec[nx, 0] = i
+                            ex_rec[nx, 1] = t - c
+                            ex_rec[nx, 2] = k0
+                            ex_rec[nx, 3] = nd
+                            nx += 1
+                            idx = size - 1
+                            exits += 1
+                            last_exit_end[lane] = t
+                        pml_gpa[v, idx] = g << 12
+                        pml_time[v, idx] = t
+                        if trace:
+                            log_rec[nl, 0] = i
+                            log_rec[nl, 1] = idx
+                            nl += 1
+                        idx -= 1
+                        d_bit[leaf] = True
+                        kind = LOGGED
+                        logged += 1
+            elif not w_bit[leaf] and not held:
+                # write protection: the EPT violation marks the page and makes it writable, D=1
+                ex_rec[nx, 0] = i
+                ex_rec[nx, 1] = t - c
+                ex_rec[nx, 2] = nd
+                ex_rec[nx, 3] = nd
+                nx += 1
+                w_bit[leaf] = True
+                d_bit[leaf] = True
+                exits += 1
+                last_exit_end[lane] = t
+            elif not d_bit[leaf] and held:
+                kind = STALE_TLB
+            tlb_dirty[leaf] |= vb
+            version[g] += 1
+            last_vcpu[g] = v
+            last_time[g] = t
+            last_kind[g] = kind
+        pml_index[lane] = idx
+        n_logged[lane] = logged
+        n_exits[lane] = exits
     return nx, nd, nl
 
 
