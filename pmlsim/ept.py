@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit
 
 from pmlsim.config import LEAF_PAGES
+from pmlsim.memory import RECORD
 
 LEAF_NAMES = {1: "4k", 512: "2m", 512 * 512: "1g"}
 
@@ -42,17 +43,17 @@ class Ept:
         for k in range(self.n_superpages):
             b, s = int(sp_base[k]), int(sp_size[k])
             self.leaf_of_gfn[b : b + s] = n_pages + k
-        # One 16-byte record per leaf, so that the checks a write makes (TLB, W, D) touch one
-        # cache line: the arrays below are views of its fields.
-        self.leaf_state = np.zeros((n_leaves, 16), dtype=np.uint8)
+        # One record per leaf, shared with guest memory (pmlsim.memory.RECORD: a 4 KiB leaf's id is
+        # its GFN), so that a write's checks (TLB, W, D) and its page update touch one cache line
+        self.records = np.zeros(n_leaves, dtype=RECORD)
         #: per leaf, bit v set when vCPU v caches the leaf as dirty in its TLB
-        self.tlb_dirty = self.leaf_state[:, 0:8].view(np.uint64).reshape(n_leaves)
+        self.tlb_dirty = self.records["tlb_dirty"]
         #: W bit (writable) and D bit (dirty) per leaf
-        self.w_bit = self.leaf_state[:, 8].view(bool)
-        self.d_bit = self.leaf_state[:, 9].view(bool)
+        self.w_bit = self.records["w_bit"]
+        self.d_bit = self.records["d_bit"]
         self.w_bit[:] = True
         #: the fast engine's scratch: the last window in which a lane wrote the leaf
-        self.lane_stamp = self.leaf_state[:, 10:12].view(np.uint16).reshape(n_leaves)
+        self.lane_stamp = self.records["lane_stamp"]
         self.split = np.zeros(self.n_superpages, dtype=bool)
         #: Xen lazy re-arm: per 512-page leaf table, marked for recalculation by a CLEAN
         self.table_recalc = np.zeros((n_pages + 511) // 512, dtype=bool)

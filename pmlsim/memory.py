@@ -53,15 +53,28 @@ class MemorySnapshot:
     pages: np.ndarray | None = None
 
 
-#: one record per page, so that retiring a write touches one cache line (the fast engine)
-PAGE_RECORD = np.dtype(
-    [("version", np.int64), ("last_time_ns", np.int64), ("last_vcpu", np.int16), ("last_kind", np.int8)], align=True
+#: One 32-byte record per 4 KiB GFN: the page as the verifier sees it (version, last writer) and,
+#: in the same record, the state of the EPT leaf whose id is that GFN (pmlsim.ept: TLB mask, W,
+#: D, the fast engine's scratch stamp). A write through a 4 KiB leaf (leaf id = GFN) reads and
+#: writes one aligned 32-byte record, so one cache line, instead of a leaf record and a page
+#: record at two random places (docs/performance.md). Superpage leaves (ids past the last GFN)
+#: use the leaf fields only.
+RECORD = np.dtype(
+    {
+        "names": ["tlb_dirty", "version", "last_time_ns", "last_vcpu", "lane_stamp", "w_bit", "d_bit", "last_kind"],
+        "formats": [np.uint64, np.int64, np.int64, np.int16, np.uint16, np.bool_, np.bool_, np.int8],
+        "offsets": [0, 8, 16, 24, 26, 28, 29, 30],
+        "itemsize": 32,
+    }
 )
 
 
 class GuestMemory:
-    def __init__(self, n_pages: int):
-        self.pages = np.zeros(n_pages, dtype=PAGE_RECORD)
+    def __init__(self, n_pages: int, records: np.ndarray | None = None):
+        """``records``: the EPT's records (:data:`RECORD`) to share, or None for memory alone."""
+        if records is None:
+            records = np.zeros(n_pages, dtype=RECORD)
+        self.pages = records[:n_pages]
         #: views of the records' fields
         self.version = self.pages["version"]
         self.last_vcpu = self.pages["last_vcpu"]
@@ -80,8 +93,8 @@ class GuestMemory:
         """Every page's record now, or only those of ``pages``."""
         if pages is None:
             rec = self.pages.copy()
-        else:  # records gathered as opaque 24-byte items: 3x faster than a structured gather
-            raw = self.pages.view(np.dtype((np.void, PAGE_RECORD.itemsize)))
-            rec = np.take(raw, pages).view(PAGE_RECORD)
+        else:  # records gathered as opaque 32-byte items: 3x faster than a structured gather
+            raw = self.pages.view(np.dtype((np.void, RECORD.itemsize)))
+            rec = np.take(raw, pages).view(RECORD)
         # the fields are views of ``rec``
         return MemorySnapshot(t_ns, rec["version"], rec["last_vcpu"], rec["last_time_ns"], rec["last_kind"], pages)

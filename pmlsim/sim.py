@@ -48,7 +48,7 @@ class _Machine:
         pml_area = PmlArea(guest_cfg.vcpus, config.pml.buffer_entries)
         self.vcpus = vcpus = [Vcpu(env, i, config.pml.buffer_entries, pml_area) for i in range(guest_cfg.vcpus)]
         dirty_log = DirtyLog(n_pages)
-        self.memory = memory = GuestMemory(n_pages)
+        self.memory = memory = GuestMemory(n_pages, ept.records)
         self.initial_leaves = ept.leaf_count()
         self.hv = hv = Hypervisor(env, config, ept, vcpus, dirty_log, trace, faults)
         self.guest = guest = Guest(
