@@ -75,7 +75,7 @@ class Checkpointer:
         cost = len(pages) * self.config.checkpoint.copy_ns_per_page
         if cost:
             yield self.env.timeout(cost)
-        self.backup.take(pages, self.memory.version[pages], self.env.now)
+        self.backup.take_now(pages, self.memory.version, self.env.now)
         lost = self.backup.check(self.memory.version, None, self.env.now)  # vCPUs are paused
         self.epochs.append(Epoch(self.env.now, len(pages), self.env.now - t_pause, lost))
         self.trace.emit(self.env.now, "checkpoint", pages=len(pages), pause_ns=self.env.now - t_pause)

@@ -122,18 +122,23 @@ class Collector:
         pages = rec.collected
         copy = self.copy.version
         prev = self._prev_read
+        # the copy before this collection's take, where the previous read is compared
         if prev is None:
             before = None
-        else:  # the copy before this collection's take, where the previous read is compared
-            before = copy.copy() if prev.pages is None else copy[prev.pages]
-        self.copy.take(pages, self.memory.version[pages], self.env.now)
+        elif prev.pages is None:
+            before = copy.copy()
+        else:
+            before = self.copy.behind_at(prev)
+        self.copy.take_now(pages, self.memory.version, self.env.now)
         self.pages_collected += len(pages)
         strict = final or rec.drained_and_stopped
         late = 0
         if prev is not None:
             # late: behind at the previous read, caught up only by this collection
-            after = copy if prev.pages is None else copy[prev.pages]
-            late = int(np.count_nonzero((before < prev.version) & (after >= prev.version)))
+            if prev.pages is None:
+                late = int(np.count_nonzero((before < prev.version) & (copy >= prev.version)))
+            else:
+                late = self.copy.caught_up(prev, before)
             self.late_pages += late
         if strict:
             lost = self.copy.check(self.memory.version, None, self.env.now)
