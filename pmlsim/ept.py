@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from pmlsim.config import LEAF_PAGES
-from pmlsim.memory import RECORD
+from pmlsim.memory import fresh_records
 
 LEAF_NAMES = {1: "4k", 512: "2m", 512 * 512: "1g"}
 
@@ -45,13 +45,12 @@ class Ept:
             self.leaf_of_gfn[b : b + s] = n_pages + k
         # One record per leaf, shared with guest memory (pmlsim.memory.RECORD: a 4 KiB leaf's id is
         # its GFN), so that a write's checks (TLB, W, D) and its page update touch one cache line
-        self.records = np.zeros(n_leaves, dtype=RECORD)
+        self.records = fresh_records(n_leaves)
         #: per leaf, bit v set when vCPU v caches the leaf as dirty in its TLB
         self.tlb_dirty = self.records["tlb_dirty"]
         #: W bit (writable) and D bit (dirty) per leaf
         self.w_bit = self.records["w_bit"]
         self.d_bit = self.records["d_bit"]
-        self.w_bit[:] = True
         #: the fast engine's scratch: the last window in which a lane wrote the leaf
         self.lane_stamp = self.records["lane_stamp"]
         self.split = np.zeros(self.n_superpages, dtype=bool)
