@@ -341,7 +341,7 @@ class Guest:
                 b.sink(np.array([g]), np.array([mem.version[g]]), np.array([t]))
                 continue
             vc = self.vcpus[v]
-            if self.pt_walks and not ept.tlb_dirty[int(ept.leaf_of_gfn[g])] & (np.uint64(1) << np.uint64(v)):
+            if self.pt_walks and not ept.tlb_mask(int(ept.leaf_of_gfn[g])) & (np.uint64(1) << np.uint64(v)):
                 # a TLB miss: the walk writes the guest page tables first (root to leaf); an exit
                 # on the way stops it, and the retried write walks again
                 if not all(self._write_one(vc, int(p), t, walk=True) for p in walk_gfns(np.array([g]), n_pages)[0]):
@@ -356,7 +356,7 @@ class Guest:
         ept, v, n_pages = self.ept, vc.index, self.ept.n_pages
         leaf = int(ept.leaf_of_gfn[g])
         vbit = np.uint64(1) << np.uint64(v)
-        held = bool(ept.tlb_dirty[leaf] & vbit)
+        held = bool(ept.tlb_mask(leaf) & vbit)
         if ept.table_recalc[g >> 9]:  # Xen lazy re-arm: the table is marked for recalc
             vc.vm_exit(VmExit.EPT_MISCONFIG, g)
             return False
@@ -379,7 +379,7 @@ class Guest:
             kind = LOGGED
             if self.trace.enabled:
                 self.trace.emit(t, "write_logged", v, g, **self._index_detail(vc, idx))
-        ept.tlb_dirty[leaf] |= vbit
+        ept.cache_dirty(leaf, vbit)
         self.memory.retire_one(g, v, t, kind)
         if walk:
             vc.walk_writes += 1
@@ -574,7 +574,8 @@ class Guest:
         ex_pos, n_ex, walked = self._scratch("ex_pos", n), np.empty(L, np.int64), np.empty(L, np.int64)
         limit, owner, owner_pos, owner_exit = lanes.plan(
             E, G, starts, offsets, vbits, free, size, c, horizon, self.pml_enabled,
-            ept.n_pages, identity, ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.lane_stamp,
+            ept.n_pages, identity, ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.tlb_epoch, ept.epoch,
+            ept.lane_stamp,
             self._wid, eff2, ex_pos, n_ex, first_wp, walked, stop,
         )  # fmt: skip
         if self._reads:
@@ -680,7 +681,7 @@ class Guest:
         one_pass = fused if fused is not None else (eff2, starts, 0, starts, starts)  # (not read)
         nx, nd, nl = lanes.commit(
             eff2, G, starts, stop, vbits, vids, size, c, self.pml_enabled, ept.n_pages, identity,
-            ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty,
+            ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.tlb_epoch, ept.epoch,
             mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
             self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
             n_logged, n_exits, last_end, drained_gfn, drained_age, ex_rec, log_rec, trace,
@@ -735,7 +736,7 @@ class Guest:
         its walk (same time, same vCPU). Returns (T, V, G, is_walk)."""
         ept = self.ept
         leaf = ept.leaf_of_gfn[G]
-        held = (ept.tlb_dirty[leaf] & np.left_shift(np.uint64(1), V.astype(np.uint64))) != 0
+        held = (ept.tlb_masks(leaf) & np.left_shift(np.uint64(1), V.astype(np.uint64))) != 0
         # a miss: the vCPU's first write to the leaf in this window, not cached at its start
         # (page-table pages are 4 KiB leaves of their own, so walks do not change which)
         key = leaf * 64 + V
@@ -766,7 +767,8 @@ class Guest:
         cut, why, nl = merged.retire(
             T, V, G, NO_WALKS if walk is None else walk, ept.n_pages, ept.identity(),
             ept.leaf_of_gfn, ept.leaf_base, ept.leaf_pages,
-            ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.table_recalc, self.pml_enabled, self.hdbss,
+            ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.tlb_epoch, ept.epoch, ept.table_recalc,
+            self.pml_enabled, self.hdbss,
             mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
             self.pml_area.gpa, self.pml_area.log_time_ns, log_index,
             n_writes, n_walks, n_logged, log_rec, trace,

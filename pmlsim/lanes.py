@@ -51,7 +51,7 @@ def _first_end_at_or_after(eff2, ex_pos, a, ne, limit):
 @njit(cache=True, nogil=True)
 def _walk_lane(
     lane, E, G, starts, offset, vbits, free, size, c, bound, pml_enabled, n_pages, identity,
-    leaf_of_gfn, d_bit, w_bit, tlb_dirty, seen, wid, eff2, ex_pos, n_ex, first_wp, walked,
+    leaf_of_gfn, d_bit, w_bit, tlb_dirty, tlb_epoch, epoch, seen, wid, eff2, ex_pos, n_ex, first_wp, walked,
 ):  # fmt: skip
     """Walk lane ``lane`` without changing any state, until a write at or past ``bound``."""
     a, b = starts[lane], starts[lane + 1]
@@ -64,7 +64,7 @@ def _walk_lane(
     end_walk = b
     for i in range(a, b):
         leaf = G[i] if identity else leaf_of_gfn[G[i]]
-        held = (tlb_dirty[leaf] & vb) != 0
+        held = tlb_epoch[leaf] == epoch and (tlb_dirty[leaf] & vb) != 0
         fresh = seen[leaf] != wid  # not yet written by this lane in this window
         if not w_bit[leaf] and not held and fresh:
             if pml_enabled or leaf >= n_pages:
@@ -115,7 +115,7 @@ def _stop_lane(lane, starts, eff2, ex_pos, n_ex, first_wp, walked, limit, stops)
 @njit(cache=True, nogil=True)
 def plan(
     E, G, starts, offset, vbits, free, size, c, horizon, pml_enabled, n_pages, identity,
-    leaf_of_gfn, d_bit, w_bit, tlb_dirty, seen, wid,
+    leaf_of_gfn, d_bit, w_bit, tlb_dirty, tlb_epoch, epoch, seen, wid,
     eff2, ex_pos, n_ex, first_wp, walked, stops,
 ):  # fmt: skip
     """Pass 1. ``E``: each write's guest time; lanes are ``starts[l]`` to ``starts[l+1]``; a
@@ -136,7 +136,8 @@ def plan(
     for lane in range(L):
         _walk_lane(
             lane, E, G, starts, offset, vbits, free, size, c, bound, pml_enabled, n_pages, identity,
-            leaf_of_gfn, d_bit, w_bit, tlb_dirty, seen, wid, eff2, ex_pos, n_ex, first_wp, walked,
+            leaf_of_gfn, d_bit, w_bit, tlb_dirty, tlb_epoch, epoch, seen, wid, eff2, ex_pos, n_ex, first_wp,
+            walked,
         )  # fmt: skip
         # this lane's own cut (its exit running at the bound, or its fault) lowers the bound
         a, ne, fw = starts[lane], n_ex[lane], first_wp[lane]
@@ -182,7 +183,7 @@ def plan(
 @njit(cache=True, nogil=True)
 def commit(
     eff2, G, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
-    leaf_of_gfn, d_bit, w_bit, tlb_dirty,
+    leaf_of_gfn, d_bit, w_bit, tlb_dirty, tlb_epoch, epoch,
     version, last_vcpu, last_time, last_kind,
     pml_gpa, pml_time, pml_index,
     n_logged, n_exits, last_exit_end,
@@ -217,7 +218,8 @@ def commit(
         for i in range(starts[lane], end):
             g = G[i]
             leaf = g if identity else leaf_of_gfn[g]
-            held = (tlb_dirty[leaf] & vb) != 0
+            cached = tlb_dirty[leaf] if tlb_epoch[leaf] == epoch else np.uint64(0)  # since the last INVEPT
+            held = (cached & vb) != 0
             if fused:
                 t = E[i] + shift
                 if t >= horizon:
@@ -282,7 +284,8 @@ def commit(
                 last_exit_end[lane] = t
             elif not d_bit[leaf] and held:
                 kind = STALE_TLB
-            tlb_dirty[leaf] |= vb
+            tlb_dirty[leaf] = cached | vb
+            tlb_epoch[leaf] = epoch
             version[g] += 1
             last_vcpu[g] = v
             last_time[g] = t

@@ -54,16 +54,26 @@ class MemorySnapshot:
 
 
 #: One 32-byte record per 4 KiB GFN: the page as the verifier sees it (version, last writer) and,
-#: in the same record, the state of the EPT leaf whose id is that GFN (pmlsim.ept: TLB mask, W,
-#: D, the fast engine's scratch stamp). A write through a 4 KiB leaf (leaf id = GFN) reads and
-#: writes one aligned 32-byte record, so one cache line, instead of a leaf record and a page
-#: record at two random places (docs/performance.md). Superpage leaves (ids past the last GFN)
-#: use the leaf fields only.
+#: in the same record, the state of the EPT leaf whose id is that GFN (pmlsim.ept: TLB mask and
+#: its INVEPT epoch, W, D, the fast engine's scratch stamp). A write through a 4 KiB leaf (leaf
+#: id = GFN) reads and writes one aligned 32-byte record, so one cache line, instead of a leaf
+#: record and a page record at two random places (docs/performance.md). Superpage leaves (ids
+#: past the last GFN) use the leaf fields only.
 RECORD = np.dtype(
     {
-        "names": ["tlb_dirty", "version", "last_time_ns", "last_vcpu", "lane_stamp", "w_bit", "d_bit", "last_kind"],
-        "formats": [np.uint64, np.int64, np.int64, np.int16, np.uint16, np.bool_, np.bool_, np.int8],
-        "offsets": [0, 8, 16, 24, 26, 28, 29, 30],
+        "names": [
+            "tlb_dirty",
+            "version",
+            "last_time_ns",
+            "last_vcpu",
+            "lane_stamp",
+            "w_bit",
+            "d_bit",
+            "last_kind",
+            "tlb_epoch",
+        ],
+        "formats": [np.uint64, np.int64, np.int64, np.int16, np.uint16, np.bool_, np.bool_, np.int8, np.uint8],
+        "offsets": [0, 8, 16, 24, 26, 28, 29, 30, 31],
         "itemsize": 32,
     }
 )

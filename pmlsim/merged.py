@@ -23,7 +23,7 @@ NO_CUT, CUT_MISCONFIG, CUT_VIOLATION, CUT_FULL = 0, 1, 2, 3
 @njit(cache=True, nogil=True)
 def retire(
     T, V, G, walk, n_pages, identity, leaf_of_gfn, leaf_base, leaf_pages,
-    d_bit, w_bit, tlb_dirty, table_recalc, pml_enabled, hdbss,
+    d_bit, w_bit, tlb_dirty, tlb_epoch, epoch, table_recalc, pml_enabled, hdbss,
     version, last_vcpu, last_time, last_kind, log_gpa, log_time, log_index,
     n_writes, n_walks, n_logged, log_rec, trace,
 ):  # fmt: skip
@@ -37,7 +37,8 @@ def retire(
         v = V[i]
         leaf = g if identity else leaf_of_gfn[g]
         vb = np.uint64(1) << np.uint64(v)
-        held = (tlb_dirty[leaf] & vb) != 0
+        cached = tlb_dirty[leaf] if tlb_epoch[leaf] == epoch else np.uint64(0)  # since the last INVEPT
+        held = (cached & vb) != 0
         if table_recalc[g >> 9]:  # Xen lazy re-arm: checked before the permissions
             return i, CUT_MISCONFIG, nl
         if not w_bit[leaf] and not held:  # a TLB entry cached as writable skips the check
@@ -63,7 +64,8 @@ def retire(
                 d_bit[leaf] = True
                 kind = LOGGED
                 n_logged[v] += 1
-        tlb_dirty[leaf] |= vb
+        tlb_dirty[leaf] = cached | vb
+        tlb_epoch[leaf] = epoch
         version[g] += 1
         last_vcpu[g] = v
         last_time[g] = T[i]

@@ -1,8 +1,10 @@
 """What the hardware does (Intel SDM Vol. 3C 28.2.4-28.2.5), one rule per test, on both engines."""
 
+import numpy as np
 from conftest import KIB4, MIB2, logged, run, scripted
 
 from pmlsim import CostConfig
+from pmlsim.ept import Ept
 
 
 def test_first_write_to_clean_4k_leaf_logs_its_gpa(engine):
@@ -117,6 +119,22 @@ def test_write_between_d_clear_and_invept_is_silent_but_not_lost(engine):
     assert (10032, "d_clear") in [e[:2] for e in tr.events] and (10052, "invept") in [e[:2] for e in tr.events]
     assert [e[0] for e in logged(tr)] == [100]
     assert r.lost_pages == 0 and r.guest_writes == 3
+
+
+def test_a_tlb_entry_dropped_by_invept_stays_dropped_when_the_epoch_counter_wraps():
+    # INVEPT is O(1): it moves to a new 8-bit epoch, and masks count only in their own epoch; a
+    # mask cached before 255 INVEPTs must not come back when the counter returns to its value
+    ept = Ept(16, [])
+    ept.cache_dirty(5, np.uint64(0b01))
+    assert ept.tlb_mask(5) == 0b01
+    ept.cache_dirty(5, np.uint64(0b10))
+    assert ept.tlb_mask(5) == 0b11  # two vCPUs cache the leaf
+    for k in range(600):
+        ept.invept()
+        assert ept.tlb_mask(5) == 0, k
+        assert not ept.tlb_masks(np.array([5]))[0]
+    ept.cache_dirty(5, np.uint64(0b10))
+    assert ept.tlb_mask(5) == 0b10  # only what was cached since the last INVEPT
 
 
 def test_many_writes_in_one_nanosecond_all_retire_in_program_order(engine):
