@@ -390,6 +390,8 @@ class Guest:
         """Process writes window by window (compiled lanes or a compiled merged pass), with exact
         cuts."""
         env = self.env
+        if not self.trace.enabled:
+            self.vcpus[0].hv.on_kick_exit = self._adopt_kick_exit
         while True:
             if self._lanes_now():
                 defer = self._may_defer()
@@ -624,6 +626,16 @@ class Guest:
     def _start_deferred(self, v: int, reason: VmExit, gfn: int) -> None:
         self._blocked[v] = False
         proc = self.vcpus[v].vm_exit(reason, gfn)
+        self._internal[proc] = v
+        proc.callbacks.append(self._deferred_done)
+
+    def _adopt_kick_exit(self, v: int, proc: simpy.Process) -> None:
+        """A kick made vCPU ``v`` exit (a sync's or the periodic flusher's IPI). Like a deferred
+        exit, it concerns that vCPU alone: the handler drained its own buffer at the exit's start,
+        a window boundary, and the exit's end changes only its clock. So its end need not end the
+        other lanes' window; its lane catches up when it re-enters (a no-op outside deferred
+        windows). Without this, every kicked vCPU's re-entry ended a window: 632 of the 1,059
+        windows of the 1 GiB, 16-vCPU benchmark."""
         self._internal[proc] = v
         proc.callbacks.append(self._deferred_done)
 

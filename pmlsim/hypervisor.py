@@ -14,6 +14,8 @@ Flush policies (docs/model.md has the sources):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import numpy as np
 import simpy
@@ -105,6 +107,9 @@ class Hypervisor:
         self.stats = HypervisorStats()
         self._drained_so_far = 0
         self._pause_depth = 0
+        #: called with (vCPU index, exit process) when a kick makes a vCPU exit (the fast engine
+        #: lets that exit run beside its other lanes, pmlsim.guest)
+        self.on_kick_exit: Callable[[int, simpy.Process], None] | None = None
         for v in vcpus:
             v.hv = self
 
@@ -274,7 +279,9 @@ class Hypervisor:
         yield self.env.timeout(self.costs.kick_ipi_ns)
         if vcpu.state is State.RUNNING:
             # a sync that does not drain must not drain through its pause exits either
-            vcpu.vm_exit(reason, drain=reason is VmExit.KICK or self.sync_config.drain_pml)
+            proc = vcpu.vm_exit(reason, drain=reason is VmExit.KICK or self.sync_config.drain_pml)
+            if self.on_kick_exit is not None:
+                self.on_kick_exit(vcpu.index, proc)
 
     def pause_all(self):
         """``domain_pause``: stop every vCPU and wait until all are stopped (a generator).

@@ -16,6 +16,7 @@ from pmlsim import (
     WorkloadConfig,
     simulate,
 )
+from pmlsim.guest import Guest
 
 
 def _run(config, traced=True):
@@ -83,6 +84,34 @@ def test_lanes_defer_exits_running_at_a_window_end_with_the_reference_results():
     _assert_same(config)
     traced = simulate(attrs.evolve(config, engine="fast"), trace=ListTrace()).sim_events
     assert untraced < traced / 2
+
+
+def test_kicked_vcpus_exit_beside_the_other_lanes_with_the_reference_results(monkeypatch):
+    # KVM syncs kick all 16 vCPUs (400 kick exits in 1 ms): each kicked vCPU's exit (its buffer
+    # drained at the exit's start) runs beside the other lanes, and its lane catches up when it
+    # re-enters, so the re-entries end no window; the results stay the reference's
+    config = SimConfig(
+        seed=19,
+        duration_ms=1,
+        guest=GuestConfig(memory_mib=16, vcpus=16),
+        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=1e7),
+        collector=CollectorConfig(enabled=True, interval_us=20),
+        migration=MigrationConfig(enabled=False),
+    )
+    windows = []
+    real = Guest._window_lanes
+
+    def counted(self, horizon, running=None, defer=False):
+        windows[-1] += running is None  # a window of every lane, not a lane catching up
+        return real(self, horizon, running, defer)
+
+    monkeypatch.setattr(Guest, "_window_lanes", counted)
+    windows.append(0)
+    _untraced_events(config)
+    monkeypatch.setattr(Guest, "_adopt_kick_exit", lambda self, v, proc: None)  # every re-entry ends a window
+    windows.append(0)
+    assert simulate(config).exits["kick"] == 400
+    assert windows[0] < windows[1] / 2
 
 
 def test_lanes_defer_superpage_split_faults_and_write_protection_faults():
