@@ -107,6 +107,9 @@ class Guest:
         self._t = [np.zeros(0, np.int64) for _ in range(nv)]
         self._g = [np.zeros(0, np.int64) for _ in range(nv)]
         self._pos = [0] * nv
+        #: each vCPU's next chunk, taken but not yet appended to ``_t``/``_g`` (the lanes read it in
+        #: place, so that taking a chunk copies nothing; see :meth:`_lane_pending`)
+        self._next: list[tuple[np.ndarray, np.ndarray] | None] = [None] * nv
         self._exhausted = [False] * nv
         self._eff: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(nv)]
         self._eff_key: list[tuple | None] = [None] * nv
@@ -246,20 +249,57 @@ class Guest:
         return None
 
     # ------------------------------------------------------------ write streams
+    def _take_chunk(self, v: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """vCPU ``v``'s next chunk of writes (the one held in ``_next`` first), or None when its
+        stream has ended."""
+        nxt = self._next[v]
+        if nxt is not None:
+            self._next[v] = None
+            return nxt
+        if self._exhausted[v]:
+            return None
+        if self._chunks is None:
+            self._chunks = ChunkPrefetcher(self.streams)
+        t, g = self._chunks.next_chunk(v)
+        if len(t) == 0:
+            self._exhausted[v] = True
+            return None
+        return t, g
+
     def _fill(self, v: int, n: int) -> None:
-        """Make at least ``n`` writes of vCPU ``v`` pending (fewer when its stream ends)."""
-        while len(self._t[v]) - self._pos[v] < n and not self._exhausted[v]:
-            if self._chunks is None:
-                self._chunks = ChunkPrefetcher(self.streams)
-            t, g = self._chunks.next_chunk(v)
-            if len(t) == 0:
-                self._exhausted[v] = True
+        """Make at least ``n`` writes of vCPU ``v`` pending in ``_t``/``_g`` (fewer when its
+        stream ends)."""
+        while len(self._t[v]) - self._pos[v] < n:
+            chunk = self._take_chunk(v)
+            if chunk is None:
                 break
+            t, g = chunk
             p = self._pos[v]
             self._t[v] = np.concatenate([self._t[v][p:], t])
             self._g[v] = np.concatenate([self._g[v][p:], g])
             self._pos[v] = 0
             self._eff_key[v] = None
+
+    def _lane_pending(self, v: int, n: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """vCPU ``v``'s next ``n`` writes for a lane, without copying: (guest times of those pending
+        in ``_t`` from ``_pos``, and the next chunk (times, GFNs) when fewer than ``n`` are there,
+        read in place; None when enough are, or the stream has ended)."""
+        p = self._pos[v]
+        pending = len(self._t[v]) - p
+        if pending < n and self._next[v] is None:
+            chunk = self._take_chunk(v)
+            if chunk is not None and pending == 0:  # nothing left: the chunk is what is pending
+                self._t[v], self._g[v] = chunk
+                self._pos[v] = p = 0
+                self._eff_key[v] = None
+                pending = len(chunk[0])
+            else:
+                self._next[v] = chunk
+        nxt = self._next[v] if pending < n else None
+        if nxt is not None and pending + len(nxt[0]) < n:  # a short chunk (the stream's last): join
+            self._fill(v, n)
+            p, nxt = self._pos[v], None
+        return self._t[v][p : p + n], nxt
 
     def _pending(self, v: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``n`` next writes of vCPU ``v``: (effective sim time, gfn)."""
@@ -517,27 +557,43 @@ class Guest:
         batch = MAX_BATCH
         for vc in running:
             v = vc.index
-            self._fill(v, batch + 1)
+            t, nxt = self._lane_pending(v, batch + 1)
             p = self._pos[v]
-            t = self._t[v][p : p + batch + 1]
             off = vc.base_sim_ns - vc.base_guest_ns  # guest time to simulated time, at full speed
-            want = self._batch_end(v, t, batch)
-            if want > batch:  # more writes were drawn: the pending ones start at _pos again
-                p = self._pos[v]
-                t = self._t[v][p : p + want + 1]
-            if len(t) > want and int(t[want]) + off < horizon:
-                horizon = int(t[want]) + off
-            takes.append((vc, p, t, off))
+            if nxt is not None:  # the lane's write number ``batch`` is in its next chunk
+                last = int(nxt[0][batch - len(t)])
+                if last == t[0]:  # more than a batch in one nanosecond: joined, as below (rare)
+                    self._fill(v, batch + 1)
+                    nxt, p = None, self._pos[v]
+                    t = self._t[v][p : p + batch + 1]
+                elif last + off < horizon:
+                    horizon = last + off
+            if nxt is None:
+                want = self._batch_end(v, t, batch)
+                if want > batch:  # more writes were drawn: the pending ones start at _pos again
+                    p = self._pos[v]
+                    t = self._t[v][p : p + want + 1]
+                if len(t) > want and int(t[want]) + off < horizon:
+                    horizon = int(t[want]) + off
+            takes.append((vc, p, t, nxt, off))
         if defer and main and self._reads:
             self._open_read_log(horizon)  # the limit is the horizon
-        vcs, effs, gs, offs = [], [], [], []
-        for vc, p, t, off in takes:
+        vcs, effs, gs, offs, lens = [], [], [], [], []
+        for vc, p, t, nxt, off in takes:
             k = int(np.searchsorted(t, horizon - off, side="left"))  # exits only push writes later
-            if k:
-                vcs.append(vc)
-                effs.append(t[:k])
-                gs.append(self._g[vc.index][p : p + k])
-                offs.append(off)
+            if not k:
+                continue
+            vcs.append(vc)
+            effs.append(t[:k])
+            gs.append(self._g[vc.index][p : p + k])
+            offs.append(off)
+            if nxt is not None and k == len(t):
+                k2 = int(np.searchsorted(nxt[0], horizon - off, side="left"))
+                if k2:
+                    effs.append(nxt[0][:k2])
+                    gs.append(nxt[1][:k2])
+                    k += k2
+            lens.append(k)
         if not vcs:
             if self._reads and not defer:
                 self._do_reads(np.zeros(0, np.int64), np.zeros(0, np.int64), limit=horizon, inclusive=True)
@@ -545,9 +601,9 @@ class Guest:
         vs = [vc.index for vc in vcs]
         L = len(vs)
         starts = np.zeros(L + 1, np.int64)
-        np.cumsum([len(e) for e in effs], out=starts[1:])
+        np.cumsum(lens, out=starts[1:])
         n = int(starts[-1])
-        E, G = (effs[0], gs[0]) if L == 1 else (np.concatenate(effs), np.concatenate(gs))
+        E, G = (effs[0], gs[0]) if len(effs) == 1 else (np.concatenate(effs), np.concatenate(gs))
         vbits = np.array([1 << v for v in vs], dtype=np.uint64)
         size = vcs[0].pml.size
         c = hv.pml_full_exit_ns(size) if self.pml_enabled else hv.write_fault_exit_ns()
@@ -661,9 +717,16 @@ class Guest:
         vc.pml.pml_index = pml_index
         vc.writes += writes
         vc.logged += logged
-        self._pos[vc.index] += writes
+        v = vc.index
+        self._pos[v] += writes
+        if self._next[v] is not None and self._pos[v] >= len(self._t[v]):
+            # the lane has moved into its next chunk, which becomes the pending writes as it is
+            self._pos[v] -= len(self._t[v])
+            self._t[v], self._g[v] = self._next[v]
+            self._next[v] = None
+            self._eff_key[v] = None
         if writes:
-            self._log_ratio[vc.index] = max(0.5 * self._log_ratio[vc.index] + 0.5 * logged / writes, 1e-4)
+            self._log_ratio[v] = max(0.5 * self._log_ratio[vc.index] + 0.5 * logged / writes, 1e-4)
 
     def _scratch(self, name: str, n: int) -> np.ndarray:
         """A reusable int64 work array of ``n`` elements (no allocation per window)."""

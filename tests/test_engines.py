@@ -1,6 +1,7 @@
 """The fast engine gives exactly the reference engine's answers (same config, same seed)."""
 
 import attrs
+import numpy as np
 from conftest import COLLECTOR, KIB4
 from hypothesis import HealthCheck, given, settings
 from strategies import configs
@@ -14,9 +15,11 @@ from pmlsim import (
     SimConfig,
     TrackingConfig,
     WorkloadConfig,
+    sim,
     simulate,
 )
 from pmlsim.guest import Guest
+from pmlsim.workloads import WriteStream, regions
 
 
 def _run(config, traced=True):
@@ -112,6 +115,53 @@ def test_kicked_vcpus_exit_beside_the_other_lanes_with_the_reference_results(mon
     windows.append(0)
     assert simulate(config).exits["kick"] == 400
     assert windows[0] < windows[1] / 2
+
+
+class _UnevenChunks(WriteStream):
+    """A vCPU's writes over its own pages in chunks of 8,192 writes, but for a short one (a lane
+    joins it to what is pending) and a burst of 10,000 writes in one nanosecond spanning two
+    chunks (longer than a window's batch)."""
+
+    SIZES = (8192, 8192, 8192, 100, 8192, 8192, 9000, 8192, 8192, 8192)
+    BURST = 5  # from the last 1,000 writes of this chunk through the whole next one
+
+    def __init__(self, seed: int, region: tuple[int, int]):
+        self.rng = np.random.default_rng(seed)
+        self.region = region
+        self.k = 0
+        self.t = 0
+
+    def next_chunk(self):
+        n = self.SIZES[self.k] if self.k < len(self.SIZES) else 0
+        gaps = self.rng.integers(0, 100, n)
+        if self.k == self.BURST:
+            gaps[-1000:] = 0
+        if self.k == self.BURST + 1:
+            gaps[:] = 0
+        self.k += 1
+        t = self.t + np.cumsum(gaps)
+        self.t = int(t[-1]) if n else self.t
+        return t.astype(np.int64), self.rng.integers(*self.region, n)
+
+
+def test_lanes_read_uneven_chunks_in_place_with_the_reference_results(monkeypatch):
+    # long windows (no consumer event for 2 ms) take whole batches of each lane, which span two
+    # chunks: the next chunk is read in place (not appended to what is pending), a short one is
+    # joined, a same-nanosecond burst longer than a batch is taken whole
+    config = SimConfig(
+        seed=2,
+        duration_ms=3,
+        guest=GuestConfig(memory_mib=16, vcpus=2),
+        workload=WorkloadConfig(kind="uniform"),
+        collector=CollectorConfig(enabled=True, interval_us=2000),
+        migration=MigrationConfig(enabled=False),
+    )
+    streams = lambda config: [_UnevenChunks(v, r) for v, r in enumerate(regions(config.guest, "partitioned"))]  # noqa: E731
+    monkeypatch.setattr(sim, "make_streams", streams)
+    _untraced_events(config)
+    _assert_same(config)
+    # both lanes got past the burst
+    assert simulate(config).guest_writes > 2 * sum(_UnevenChunks.SIZES[:7])
 
 
 def test_lanes_defer_superpage_split_faults_and_write_protection_faults():
