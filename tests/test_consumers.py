@@ -1,11 +1,13 @@
 """Several consumers sharing one dirty log: each has its own view, fed by the same drains, and
 none takes another's dirty state. Checkpointing and VRAM tracking beside a migration."""
 
+import numpy as np
 import pytest
 from conftest import run, scripted
 
 from pmlsim import ConfigError, GuestConfig, MigrationConfig, SimConfig, WorkloadConfig, simulate
 from pmlsim.config import CheckpointConfig, CollectorConfig, VramConfig
+from pmlsim.dirty_log import DirtyLog
 from pmlsim.testing import assert_no_lost_pages
 
 BUSY = dict(
@@ -101,3 +103,31 @@ def test_the_collectors_late_and_lost_pages_are_the_same_with_or_without_a_full_
     # the comparison is not vacuous: late pages, lost pages, or both
     assert sparse["late_pages"] > 0 or not sync.get("drain_pml", True)
     assert (sparse["lost_pages"] > 0) == bool(sync)
+
+
+def test_marks_reach_every_view_at_its_read_and_only_views_that_existed():
+    # drains' marks wait until a read applies them (pmlsim.dirty_log): what a read returns is
+    # exactly what was marked before it, in its range, and a view made later sees none of it
+    log = DirtyLog(64)
+    log.view("migration")
+    log.view("vram", 8, 16)
+    drained = np.array([3, 9, 40], dtype=np.int64)
+    log.mark(drained)
+    drained[:] = 63  # the caller reuses its buffer: the marks were taken as they were
+    log.mark(np.array([9, 12]))
+    late = log.view("checkpoint")
+    assert log.read_and_clear("vram").tolist() == [9, 12]
+    assert log.read_and_clear("migration").tolist() == [3, 9, 12, 40]
+    assert log.read_and_clear("migration").tolist() == []
+    assert late is log.view("checkpoint") and log.read_and_clear("checkpoint").tolist() == []
+    log.mark(np.array([5]))
+    assert log.read_and_clear("checkpoint").tolist() == [5]
+
+
+def test_waiting_marks_never_exceed_one_per_guest_page():
+    log = DirtyLog(16)
+    log.view("migration")
+    for g in range(40):
+        log.mark(np.array([g % 16]))
+        assert log._n_waiting <= 16
+    assert log.read_and_clear("migration").tolist() == list(range(16))
