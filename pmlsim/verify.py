@@ -65,7 +65,8 @@ class ConsumerCopy:
         self.memory = memory
         self.trace = trace
         n = len(memory.version)
-        self.version = np.full(n, initial_version, dtype=np.int64)
+        # zeros come from the OS untouched (calloc): a large guest's copy costs nothing up front
+        self.version = np.zeros(n, np.int64) if initial_version == 0 else np.full(n, initial_version, np.int64)
         #: when each page was last taken (-1: never)
         self.taken_ns = np.full(n, -1, dtype=np.int64)
         self._reported = np.full(n, -1, dtype=np.int64)  # highest version already reported lost
