@@ -106,15 +106,19 @@ class ChunkPrefetcher:
     """Draws the vCPUs' next chunks on a worker thread while the engine retires earlier ones.
 
     numpy's generators release the GIL while they fill arrays, so drawing overlaps the compiled
-    lanes on a second core. Each stream is still drawn from one thread, in order, up to
-    ``depth`` chunks ahead: what every vCPU writes is unchanged (and so every result).
-    :meth:`close` stops the thread; an error while drawing is raised by :meth:`next_chunk`."""
+    lanes on a second core. Each stream is drawn by one thread at a time, in order, up to
+    ``depth`` chunks ahead: what every vCPU writes is unchanged (and so every result). When the
+    engine needs a chunk nobody is drawing yet, it draws it itself rather than wait (drawing
+    hot/cold writes can take longer than retiring them: the 64 GiB end-to-end run waited for
+    chunks for a third of its time). :meth:`close` stops the thread; an error while drawing is
+    raised by :meth:`next_chunk`."""
 
     def __init__(self, streams: list[WriteStream], depth: int = 2):
         self.streams = streams
         self.depth = depth
         self._ready: list[deque] = [deque() for _ in streams]
         self._ended = [False] * len(streams)  # the stream returned its empty chunk
+        self._busy = [False] * len(streams)  # a thread is drawing the stream's next chunk
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._closed = False
@@ -122,41 +126,54 @@ class ChunkPrefetcher:
         self._thread.start()
 
     def _wanted(self) -> int:
-        """The stream with the fewest chunks ready (lowest index on ties), or -1."""
+        """The stream with the fewest chunks ready (lowest index on ties) that nobody is drawing,
+        or -1."""
         best, fewest = -1, self.depth
         for v, r in enumerate(self._ready):
-            if len(r) < fewest and not self._ended[v]:
+            if len(r) < fewest and not self._ended[v] and not self._busy[v]:
                 best, fewest = v, len(r)
         return best
+
+    def _draw_one(self, v: int) -> None:
+        """Draw stream ``v``'s next chunk, with the lock held on entry and on return."""
+        self._busy[v] = True
+        self._cond.release()  # outside the lock: the engine (or the worker) goes on
+        try:
+            chunk = self.streams[v].next_chunk()
+        finally:
+            self._cond.acquire()
+            self._busy[v] = False
+        self._ready[v].append(chunk)
+        self._ended[v] = len(chunk[0]) == 0
+        self._cond.notify_all()
 
     def _draw(self) -> None:
         cond = self._cond
         try:
-            while True:
-                with cond:
+            with cond:
+                while True:
                     while not self._closed and (v := self._wanted()) < 0:
                         cond.wait()
                     if self._closed:
                         return
-                chunk = self.streams[v].next_chunk()  # outside the lock: the engine goes on
-                with cond:
-                    self._ready[v].append(chunk)
-                    self._ended[v] = len(chunk[0]) == 0
-                    cond.notify_all()
+                    self._draw_one(v)
         except BaseException as exc:  # handed to the engine, which raises it
             with cond:
                 self._error = exc
                 cond.notify_all()
 
     def next_chunk(self, v: int) -> tuple[np.ndarray, np.ndarray]:
-        """vCPU ``v``'s next chunk (waits for it if it is still being drawn)."""
+        """vCPU ``v``'s next chunk (drawn here if nobody is drawing it yet)."""
         with self._cond:
             while not self._ready[v]:
                 if self._error is not None:
                     raise self._error
                 if self._closed:
                     raise RuntimeError("the write streams are closed")
-                self._cond.wait()
+                if not self._busy[v] and not self._ended[v]:
+                    self._draw_one(v)
+                else:
+                    self._cond.wait()
             chunk = self._ready[v].popleft()
             self._cond.notify_all()
         return chunk

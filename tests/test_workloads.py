@@ -143,6 +143,26 @@ def test_prefetched_chunks_come_in_each_streams_order_and_stop_at_its_end():
         pf.close()
 
 
+def test_the_engine_draws_a_chunk_itself_when_nobody_is_drawing_it():
+    # depth 0: the worker never draws ahead, so every chunk is drawn by the caller, in order
+    streams = [_Counting(3), _Counting(1)]
+    pf = ChunkPrefetcher(streams, depth=0)
+    try:
+        assert [int(pf.next_chunk(0)[0][0]) for _ in range(3)] == [1, 2, 3]
+        assert len(pf.next_chunk(0)[0]) == 0
+        assert int(pf.next_chunk(1)[0][0]) == 1
+        assert [s.drawn for s in streams] == [4, 1]
+    finally:
+        pf.close()
+
+
+def test_an_error_in_a_chunk_the_engine_draws_reaches_it():
+    pf = ChunkPrefetcher([_Failing()], depth=0)
+    with pytest.raises(ValueError, match="the stream broke"):
+        pf.next_chunk(0)
+    pf.close()
+
+
 def test_an_error_while_drawing_writes_reaches_the_caller_and_no_thread_is_left():
     before = threading.active_count()
     pf = ChunkPrefetcher([_Failing()])
