@@ -17,6 +17,8 @@ INVEPT clears the masks for real.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -42,8 +44,9 @@ class Ept:
         sp_size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
         self.n_superpages = len(sp_base)
         n_leaves = n_pages + self.n_superpages
-        self.leaf_base = np.concatenate([np.arange(n_pages, dtype=np.int64), sp_base])
-        self.leaf_pages = np.concatenate([np.ones(n_pages, dtype=np.int64), sp_size])
+        #: first GFN and 4 KiB pages of each superpage (leaf id ``n_pages + k``)
+        self.sp_base = sp_base
+        self.sp_size = sp_size
         self.leaf_of_gfn = np.arange(n_pages, dtype=np.int64)
         for k in range(self.n_superpages):
             b, s = int(sp_base[k]), int(sp_size[k])
@@ -75,10 +78,27 @@ class Ept:
     def is_superpage(self, leaf: np.ndarray | int) -> np.ndarray | bool:
         return np.asarray(leaf) >= self.n_pages
 
+    @functools.cached_property
+    def leaf_base(self) -> np.ndarray:
+        """First GFN of every leaf (built when first asked for: only HDBSS entries need it)."""
+        return np.concatenate([np.arange(self.n_pages, dtype=np.int64), self.sp_base])
+
+    @functools.cached_property
+    def leaf_pages(self) -> np.ndarray:
+        """4 KiB pages of every leaf (built when first asked for)."""
+        return np.concatenate([np.ones(self.n_pages, dtype=np.int64), self.sp_size])
+
+    def leaf_extent(self, leaf: int) -> tuple[int, int]:
+        """(first GFN, 4 KiB pages) of ``leaf``."""
+        if leaf < self.n_pages:
+            return leaf, 1
+        k = leaf - self.n_pages
+        return int(self.sp_base[k]), int(self.sp_size[k])
+
     def leaf_gfns(self, leaf: int) -> np.ndarray:
         """Every 4 KiB GFN mapped by ``leaf``."""
-        b = int(self.leaf_base[leaf])
-        return np.arange(b, b + int(self.leaf_pages[leaf]), dtype=np.int64)
+        b, n = self.leaf_extent(leaf)
+        return np.arange(b, b + n, dtype=np.int64)
 
     def tlb_mask(self, leaf: int) -> np.uint64:
         """The vCPUs caching ``leaf`` as dirty now (one bit per vCPU)."""
@@ -96,7 +116,7 @@ class Ept:
     def leaf_count(self) -> int:
         """EPT leaf entries mapping guest memory now (what the TLB has to cover)."""
         alive = ~self.split
-        return int(self.n_pages - self.leaf_pages[self.n_pages :][alive].sum() + alive.sum())
+        return int(self.n_pages - self.sp_size[alive].sum() + alive.sum())
 
     def superpage_leaves(self) -> np.ndarray:
         """Ids of the superpage leaves that still exist (not split)."""

@@ -52,6 +52,8 @@ NO_EVENT = np.iinfo(np.int64).max
 #: bits for a window-relative time in a (gfn, time) sort key; windows are shorter than this
 TIME_BITS = 36
 MAX_WINDOW_NS = 1 << (TIME_BITS - 1)
+#: the merged pass's leaf extents when it does not read them (only HDBSS entries do)
+NO_LEAVES = np.zeros(0, dtype=np.int64)
 #: the merged pass's walk flags when no write is a page-table walk's
 NO_WALKS = np.zeros(0, dtype=bool)
 
@@ -841,7 +843,7 @@ class Guest:
         log_rec = self._scratch("log_rec", 2 * n if trace else 0).reshape(-1, 2)
         cut, why, nl = merged.retire(
             T, V, G, NO_WALKS if walk is None else walk, ept.n_pages, ept.identity(),
-            ept.leaf_of_gfn, ept.leaf_base, ept.leaf_pages,
+            ept.leaf_of_gfn, *((ept.leaf_base, ept.leaf_pages) if self.hdbss else (NO_LEAVES, NO_LEAVES)),
             ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.tlb_epoch, ept.epoch, ept.table_recalc,
             self.pml_enabled, self.hdbss,
             mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,

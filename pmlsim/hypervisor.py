@@ -132,8 +132,8 @@ class Hypervisor:
         return cost
 
     def _split(self, leaf: int) -> int:
-        base = int(self.ept.leaf_base[leaf])
-        name = LEAF_NAMES[int(self.ept.leaf_pages[leaf])]
+        base, pages = self.ept.leaf_extent(leaf)
+        name = LEAF_NAMES[pages]
         entries = self.ept.split_superpage(leaf, children_writable=not self.write_protect)
         self.stats.superpages_split += 1
         self.trace.emit(self.env.now, "split", -1, base, leaf=name)

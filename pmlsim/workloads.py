@@ -500,6 +500,6 @@ def independent_lanes(config: SimConfig, ept) -> bool:
     if w.sharing != "partitioned":
         return False
     starts = np.array([lo for lo, _ in regions(guest, "partitioned")], dtype=np.int64)
-    base = ept.leaf_base[ept.n_pages :]
-    last = base + ept.leaf_pages[ept.n_pages :] - 1
+    base = ept.sp_base
+    last = base + ept.sp_size - 1
     return bool(np.all(np.searchsorted(starts, base, "right") == np.searchsorted(starts, last, "right")))

@@ -61,3 +61,16 @@ def test_naive_policy_loses_pages_under_random_writes_and_mark_whole_does_not():
     whole = simulate(SimConfig(superpage=SuperpageConfig(policy="mark-whole"), **base, **COLLECTOR))
     assert naive.lost_pages > 0 and {lp.cause for lp in naive.lost} == {"superpage-naive"}
     assert whole.lost_pages == 0 and whole.dirty_pages_reported > naive.dirty_pages_reported
+
+
+def test_leaf_extents_come_from_the_superpage_table_without_per_page_arrays():
+    # a leaf's first GFN and size are read from the superpages' own table; the per-leaf arrays
+    # (8 bytes a page each) are built only when asked for (HDBSS entries)
+    g = GuestConfig(memory_mib=64, layout="mixed", fraction_2m=0.5)
+    ept = Ept(g.pages, g.leaf_ranges())
+    sp, small = int(ept.leaf_of_gfn[512 + 3]), int(ept.leaf_of_gfn[g.pages - 1])
+    assert ept.leaf_extent(sp) == (512, 512) and ept.leaf_extent(small) == (g.pages - 1, 1)
+    assert ept.leaf_gfns(sp).tolist() == list(range(512, 1024))
+    assert ept.leaf_count() == g.pages // 2 + ept.n_superpages
+    assert "leaf_base" not in vars(ept) and "leaf_pages" not in vars(ept)
+    assert (ept.leaf_base[sp], ept.leaf_pages[sp]) == ept.leaf_extent(sp)
