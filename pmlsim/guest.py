@@ -286,17 +286,16 @@ class Guest:
         """vCPU ``v``'s next ``n`` writes for a lane, without copying: (guest times of those pending
         in ``_t`` from ``_pos``, and the next chunk (times, GFNs) when fewer than ``n`` are there,
         read in place; None when enough are, or the stream has ended)."""
+        if self._pos[v] == len(self._t[v]):  # nothing left: the next chunk is what is pending
+            chunk = self._take_chunk(v)
+            if chunk is not None:
+                self._t[v], self._g[v] = chunk
+                self._pos[v] = 0
+                self._eff_key[v] = None
         p = self._pos[v]
         pending = len(self._t[v]) - p
         if pending < n and self._next[v] is None:
-            chunk = self._take_chunk(v)
-            if chunk is not None and pending == 0:  # nothing left: the chunk is what is pending
-                self._t[v], self._g[v] = chunk
-                self._pos[v] = p = 0
-                self._eff_key[v] = None
-                pending = len(chunk[0])
-            else:
-                self._next[v] = chunk
+            self._next[v] = self._take_chunk(v)
         nxt = self._next[v] if pending < n else None
         if nxt is not None and pending + len(nxt[0]) < n:  # a short chunk (the stream's last): join
             self._fill(v, n)
