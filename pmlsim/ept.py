@@ -177,6 +177,13 @@ class Ept:
             self.epoch = 1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def cached_mask(tlb_dirty, tlb_epoch, epoch, leaf):
+    """:meth:`Ept.tlb_mask` in compiled passes (``pmlsim.lanes``, ``pmlsim.merged``): the
+    leaf's mask if it was cached since the last INVEPT, else 0."""
+    return tlb_dirty[leaf] if tlb_epoch[leaf] == epoch else np.uint64(0)
+
+
 @njit(cache=True, nogil=True)
 def _clear_leaf_bits(d_bit, w_bit, leaf_of_gfn, gfns, write_protect):
     """D = 0 (and W = 0) on the leaves mapping ``gfns``: one pass, no index array (the bits

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from pmlsim.ept import cached_mask
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB
 
 #: "no event" as an integer time (also ``guest.NO_EVENT``)
@@ -64,7 +65,7 @@ def _walk_lane(
     end_walk = b
     for i in range(a, b):
         leaf = G[i] if identity else leaf_of_gfn[G[i]]
-        held = tlb_epoch[leaf] == epoch and (tlb_dirty[leaf] & vb) != 0
+        held = (cached_mask(tlb_dirty, tlb_epoch, epoch, leaf) & vb) != 0
         fresh = seen[leaf] != wid  # not yet written by this lane in this window
         if not w_bit[leaf] and not held and fresh:
             if pml_enabled or leaf >= n_pages:
@@ -218,7 +219,7 @@ def commit(
         for i in range(starts[lane], end):
             g = G[i]
             leaf = g if identity else leaf_of_gfn[g]
-            cached = tlb_dirty[leaf] if tlb_epoch[leaf] == epoch else np.uint64(0)  # since the last INVEPT
+            cached = cached_mask(tlb_dirty, tlb_epoch, epoch, leaf)
             held = (cached & vb) != 0
             if fused:
                 t = E[i] + shift

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from pmlsim.ept import cached_mask
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB
 from pmlsim.pml import hdbss_entry
 
@@ -37,7 +38,7 @@ def retire(
         v = V[i]
         leaf = g if identity else leaf_of_gfn[g]
         vb = np.uint64(1) << np.uint64(v)
-        cached = tlb_dirty[leaf] if tlb_epoch[leaf] == epoch else np.uint64(0)  # since the last INVEPT
+        cached = cached_mask(tlb_dirty, tlb_epoch, epoch, leaf)
         held = (cached & vb) != 0
         if table_recalc[g >> 9]:  # Xen lazy re-arm: checked before the permissions
             return i, CUT_MISCONFIG, nl
