@@ -682,7 +682,11 @@ class Guest:
 
     def _start_deferred(self, v: int, reason: VmExit, gfn: int) -> None:
         self._blocked[v] = False
-        proc = self.vcpus[v].vm_exit(reason, gfn)
+        self._beside_lanes(v, self.vcpus[v].vm_exit(reason, gfn))
+
+    def _beside_lanes(self, v: int, proc: simpy.Process) -> None:
+        """Exit ``proc`` of vCPU ``v`` runs beside the other lanes: its events end no window
+        (``_peek_lanes``), and its lane catches up when it is over (``_deferred_done``)."""
         self._internal[proc] = v
         proc.callbacks.append(self._deferred_done)
 
@@ -693,8 +697,7 @@ class Guest:
         other lanes' window; its lane catches up when it re-enters (a no-op outside deferred
         windows). Without this, every kicked vCPU's re-entry ended a window: 632 of the 1,059
         windows of the 1 GiB, 16-vCPU benchmark."""
-        self._internal[proc] = v
-        proc.callbacks.append(self._deferred_done)
+        self._beside_lanes(v, proc)
 
     def _deferred_done(self, proc) -> None:
         """A deferred exit is over (the vCPU re-entered, or was paused): catch its lane up, after
@@ -727,7 +730,7 @@ class Guest:
             self._next[v] = None
             self._eff_key[v] = None
         if writes:
-            self._log_ratio[v] = max(0.5 * self._log_ratio[vc.index] + 0.5 * logged / writes, 1e-4)
+            self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * logged / writes, 1e-4)
 
     def _scratch(self, name: str, n: int) -> np.ndarray:
         """A reusable int64 work array of ``n`` elements (no allocation per window)."""

@@ -166,8 +166,10 @@ class ConsumerCopy:
 
 
 # Compiled passes of a collection over the pages it collects or was behind on (about 1.4M at
-# 16 GiB): a third faster than numpy's gathers and scatters with their temporaries. (Scans of
-# every page stay in numpy, whose vectorized compare and flatnonzero beat a compiled loop.)
+# 16 GiB): a third faster than numpy's gathers and scatters with their temporaries. Of the scans
+# of every page, the strict check's is compiled too (29 against 37 ms over 4M pages); finding
+# the pages a copy is behind on stays in numpy, whose vectorized compare and flatnonzero beat
+# a compiled loop (19-24 against 25-34 ms).
 
 
 @njit(cache=True, nogil=True)
