@@ -177,11 +177,15 @@ class Ept:
             self.epoch = 1
 
 
-@njit(cache=True, nogil=True, inline="always")
-def cached_mask(tlb_dirty, tlb_epoch, epoch, leaf):
-    """:meth:`Ept.tlb_mask` in compiled passes (``pmlsim.lanes``, ``pmlsim.merged``): the
-    leaf's mask if it was cached since the last INVEPT, else 0."""
-    return tlb_dirty[leaf] if tlb_epoch[leaf] == epoch else np.uint64(0)
+@njit(cache=True, nogil=True)
+def cached_mask(mask, mask_epoch, epoch):
+    """:meth:`Ept.tlb_mask` in compiled passes (``pmlsim.lanes``, ``pmlsim.merged``): a leaf's
+    ``tlb_dirty`` if it was cached (``tlb_epoch``) since the last INVEPT, else 0.
+
+    It takes the two fields, not the arrays: an array passed to a compiled function costs a
+    reference count taken and dropped (two atomic operations) at each call, and this one is
+    called once per write (it halved the lanes' kernel time; docs/performance.md)."""
+    return mask if mask_epoch == epoch else np.uint64(0)
 
 
 @njit(cache=True, nogil=True)

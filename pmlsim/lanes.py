@@ -30,10 +30,13 @@ import numpy as np
 from numba import njit
 
 from pmlsim.ept import cached_mask
-from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB
+from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, prefetch
 
 #: "no event" as an integer time (also ``guest.NO_EVENT``)
 NO_EVENT = np.iinfo(np.int64).max
+
+#: how many writes ahead a pass asks for a write's record (``memory.prefetch``)
+AHEAD = 16
 
 
 @njit(cache=True, nogil=True)
@@ -64,8 +67,10 @@ def _walk_lane(
     fw = b
     end_walk = b
     for i in range(a, b):
+        if i + AHEAD < b:
+            prefetch(d_bit, G[i + AHEAD])  # inline: an array passed to a function costs atomics
         leaf = G[i] if identity else leaf_of_gfn[G[i]]
-        held = (cached_mask(tlb_dirty, tlb_epoch, epoch, leaf) & vb) != 0
+        held = (cached_mask(tlb_dirty[leaf], tlb_epoch[leaf], epoch) & vb) != 0
         fresh = seen[leaf] != wid  # not yet written by this lane in this window
         if not w_bit[leaf] and not held and fresh:
             if pml_enabled or leaf >= n_pages:
@@ -217,9 +222,11 @@ def commit(
             deferred[lane] = -1
             first_wp[lane] = end
         for i in range(starts[lane], end):
+            if i + AHEAD < end:
+                prefetch(version, G[i + AHEAD])  # the page's record, and a 4 KiB leaf's
             g = G[i]
             leaf = g if identity else leaf_of_gfn[g]
-            cached = cached_mask(tlb_dirty, tlb_epoch, epoch, leaf)
+            cached = cached_mask(tlb_dirty[leaf], tlb_epoch[leaf], epoch)
             held = (cached & vb) != 0
             if fused:
                 t = E[i] + shift

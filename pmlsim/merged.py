@@ -14,7 +14,8 @@ import numpy as np
 from numba import njit
 
 from pmlsim.ept import cached_mask
-from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB
+from pmlsim.lanes import AHEAD
+from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, prefetch
 from pmlsim.pml import hdbss_entry
 
 #: why :func:`retire` stopped (``Guest._retire_window`` maps them to VM exits)
@@ -33,12 +34,15 @@ def retire(
     ``n_*`` count per vCPU; ``log_rec`` rows (with ``trace``): (write, index used).
     Returns (cut, why, logged-write records)."""
     nl = 0
-    for i in range(len(G)):
+    n = len(G)
+    for i in range(n):
+        if i + AHEAD < n:
+            prefetch(version, G[i + AHEAD])  # the page's record, and a 4 KiB leaf's
         g = G[i]
         v = V[i]
         leaf = g if identity else leaf_of_gfn[g]
         vb = np.uint64(1) << np.uint64(v)
-        cached = cached_mask(tlb_dirty, tlb_epoch, epoch, leaf)
+        cached = cached_mask(tlb_dirty[leaf], tlb_epoch[leaf], epoch)
         held = (cached & vb) != 0
         if table_recalc[g >> 9]:  # Xen lazy re-arm: checked before the permissions
             return i, CUT_MISCONFIG, nl
