@@ -633,9 +633,8 @@ class Guest:
         ex_pos, n_ex, walked = self._scratch("ex_pos", n), np.empty(L, np.int64), np.empty(L, np.int64)
         limit, owner, owner_pos, owner_exit = lanes.plan(
             E, G, starts, offsets, vbits, free, size, c, horizon, self.pml_enabled,
-            ept.n_pages, identity, ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.tlb_epoch, ept.epoch,
-            ept.lane_stamp,
-            self._wid, eff2, ex_pos, n_ex, first_wp, walked, stop,
+            ept.n_pages, identity, ept.leaf_of_gfn, ept.records, ept.epoch, self._wid,
+            eff2, ex_pos, n_ex, first_wp, walked, stop,
         )  # fmt: skip
         if self._reads:
             self._do_reads(G, eff2, limit=limit, inclusive=True, bounds=(starts, stop))
@@ -744,7 +743,7 @@ class Guest:
         account for them: vCPU counters and clocks, drained entries, trace events. ``fused``:
         (E, offsets, horizon, first_wp, deferred) to plan and commit each lane in one pass, which
         fills the stops."""
-        ept, hv, mem, L = self.ept, self.vcpus[0].hv, self.memory, len(vcs)
+        ept, hv, L = self.ept, self.vcpus[0].hv, len(vcs)
         size = vcs[0].pml.size
         n = int(starts[-1])
         pml_index = np.array([vc.pml.pml_index for vc in vcs], dtype=np.int64)
@@ -760,9 +759,7 @@ class Guest:
         one_pass = fused if fused is not None else (eff2, starts, 0, starts, starts)  # (not read)
         nx, nd, nl = lanes.commit(
             eff2, G, starts, stop, vbits, vids, size, c, self.pml_enabled, ept.n_pages, identity,
-            ept.leaf_of_gfn, ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.tlb_epoch, ept.epoch,
-            mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
-            self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
+            ept.leaf_of_gfn, ept.records, ept.epoch, self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
             n_logged, n_exits, last_end, drained_gfn, drained_age, ex_rec, log_rec, trace,
             fused is not None, *one_pass,
         )  # fmt: skip
@@ -837,7 +834,7 @@ class Guest:
     ) -> tuple[int, VmExit | None]:
         """Retire the longest prefix of the window that needs no exit (``pmlsim.merged``,
         compiled). Returns (cut, reason)."""
-        ept, mem, nv = self.ept, self.memory, len(self.vcpus)
+        ept, nv = self.ept, len(self.vcpus)
         n = len(G)
         log_index = np.array([vc.pml.pml_index for vc in self.vcpus], dtype=np.int64)
         n_writes, n_walks, n_logged = np.zeros(nv, np.int64), np.zeros(nv, np.int64), np.zeros(nv, np.int64)
@@ -846,9 +843,7 @@ class Guest:
         cut, why, nl = merged.retire(
             T, V, G, NO_WALKS if walk is None else walk, ept.n_pages, ept.identity(),
             ept.leaf_of_gfn, *((ept.leaf_base, ept.leaf_pages) if self.hdbss else (NO_LEAVES, NO_LEAVES)),
-            ept.d_bit, ept.w_bit, ept.tlb_dirty, ept.tlb_epoch, ept.epoch, ept.table_recalc,
-            self.pml_enabled, self.hdbss,
-            mem.version, mem.last_vcpu, mem.last_time_ns, mem.last_kind,
+            ept.records, ept.epoch, ept.table_recalc, self.pml_enabled, self.hdbss,
             self.pml_area.gpa, self.pml_area.log_time_ns, log_index,
             n_writes, n_walks, n_logged, log_rec, trace,
         )  # fmt: skip

@@ -55,7 +55,7 @@ def _first_end_at_or_after(eff2, ex_pos, a, ne, limit):
 @njit(cache=True, nogil=True)
 def _walk_lane(
     lane, E, G, starts, offset, vbits, free, size, c, bound, pml_enabled, n_pages, identity,
-    leaf_of_gfn, d_bit, w_bit, tlb_dirty, tlb_epoch, epoch, seen, wid, eff2, ex_pos, n_ex, first_wp, walked,
+    leaf_of_gfn, records, epoch, wid, eff2, ex_pos, n_ex, first_wp, walked,
 ):  # fmt: skip
     """Walk lane ``lane`` without changing any state, until a write at or past ``bound``."""
     a, b = starts[lane], starts[lane + 1]
@@ -68,23 +68,24 @@ def _walk_lane(
     end_walk = b
     for i in range(a, b):
         if i + AHEAD < b:
-            prefetch(d_bit, G[i + AHEAD])  # inline: an array passed to a function costs atomics
+            prefetch(records, G[i + AHEAD])
         leaf = G[i] if identity else leaf_of_gfn[G[i]]
-        held = (cached_mask(tlb_dirty[leaf], tlb_epoch[leaf], epoch) & vb) != 0
-        fresh = seen[leaf] != wid  # not yet written by this lane in this window
-        if not w_bit[leaf] and not held and fresh:
+        r = records[leaf]
+        held = (cached_mask(r.tlb_dirty, r.tlb_epoch, epoch) & vb) != 0
+        fresh = r.lane_stamp != wid  # not yet written by this lane in this window
+        if not r.w_bit and not held and fresh:
             if pml_enabled or leaf >= n_pages:
                 eff2[i] = E[i] + shift
                 fw = i  # split-on-write superpage (or any fault under PML): a SimPy exit
                 end_walk = i + 1
                 break
             # write protection: the fault marks the page and makes the leaf writable
-            seen[leaf] = wid
+            r.lane_stamp = wid
             shift += c
             ex_pos[a + ne] = i
             ne += 1
-        elif pml_enabled and not d_bit[leaf] and not held and fresh:
-            seen[leaf] = wid
+        elif pml_enabled and not r.d_bit and not held and fresh:
+            r.lane_stamp = wid
             if logs >= fr and (logs - fr) % size == 0:
                 shift += c  # this write finds the buffer full: PML-full exit first
                 ex_pos[a + ne] = i
@@ -121,7 +122,7 @@ def _stop_lane(lane, starts, eff2, ex_pos, n_ex, first_wp, walked, limit, stops)
 @njit(cache=True, nogil=True)
 def plan(
     E, G, starts, offset, vbits, free, size, c, horizon, pml_enabled, n_pages, identity,
-    leaf_of_gfn, d_bit, w_bit, tlb_dirty, tlb_epoch, epoch, seen, wid,
+    leaf_of_gfn, records, epoch, wid,
     eff2, ex_pos, n_ex, first_wp, walked, stops,
 ):  # fmt: skip
     """Pass 1. ``E``: each write's guest time; lanes are ``starts[l]`` to ``starts[l+1]``; a
@@ -142,8 +143,7 @@ def plan(
     for lane in range(L):
         _walk_lane(
             lane, E, G, starts, offset, vbits, free, size, c, bound, pml_enabled, n_pages, identity,
-            leaf_of_gfn, d_bit, w_bit, tlb_dirty, tlb_epoch, epoch, seen, wid, eff2, ex_pos, n_ex, first_wp,
-            walked,
+            leaf_of_gfn, records, epoch, wid, eff2, ex_pos, n_ex, first_wp, walked,
         )  # fmt: skip
         # this lane's own cut (its exit running at the bound, or its fault) lowers the bound
         a, ne, fw = starts[lane], n_ex[lane], first_wp[lane]
@@ -189,8 +189,7 @@ def plan(
 @njit(cache=True, nogil=True)
 def commit(
     eff2, G, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
-    leaf_of_gfn, d_bit, w_bit, tlb_dirty, tlb_epoch, epoch,
-    version, last_vcpu, last_time, last_kind,
+    leaf_of_gfn, records, epoch,
     pml_gpa, pml_time, pml_index,
     n_logged, n_exits, last_exit_end,
     drained_gfn, drained_age, ex_rec, log_rec, trace,
@@ -223,22 +222,24 @@ def commit(
             first_wp[lane] = end
         for i in range(starts[lane], end):
             if i + AHEAD < end:
-                prefetch(version, G[i + AHEAD])  # the page's record, and a 4 KiB leaf's
+                prefetch(records, G[i + AHEAD])  # the page's record, and a 4 KiB leaf's
             g = G[i]
             leaf = g if identity else leaf_of_gfn[g]
-            cached = cached_mask(tlb_dirty[leaf], tlb_epoch[leaf], epoch)
+            rl = records[leaf]  # the leaf's fields
+            rp = records[g]  # the page's (the same record for a 4 KiB leaf)
+            cached = cached_mask(rl.tlb_dirty, rl.tlb_epoch, epoch)
             held = (cached & vb) != 0
             if fused:
                 t = E[i] + shift
                 if t >= horizon:
                     stops[lane] = i
                     break
-                if not w_bit[leaf] and not held and (pml_enabled or leaf >= n_pages):
+                if not rl.w_bit and not held and (pml_enabled or leaf >= n_pages):
                     stops[lane] = i  # split-on-write superpage (or any fault under PML): a SimPy exit
                     deferred[lane] = t
                     first_wp[lane] = i
                     break
-                if (not w_bit[leaf] and not held) or (pml_enabled and not d_bit[leaf] and not held and idx < 0):
+                if (not rl.w_bit and not held) or (pml_enabled and not rl.d_bit and not held and idx < 0):
                     if t + c >= horizon:
                         stops[lane] = i  # an exit still running at the horizon: a SimPy exit
                         deferred[lane] = t
@@ -250,7 +251,7 @@ def commit(
                 t = eff2[i]
             kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
             if pml_enabled:
-                if not d_bit[leaf]:
+                if not rl.d_bit:
                     if held:
                         kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
                     else:
@@ -276,28 +277,28 @@ def commit(
                             log_rec[nl, 1] = idx
                             nl += 1
                         idx -= 1
-                        d_bit[leaf] = True
+                        rl.d_bit = True
                         kind = LOGGED
                         logged += 1
-            elif not w_bit[leaf] and not held:
+            elif not rl.w_bit and not held:
                 # write protection: the EPT violation marks the page and makes it writable, D=1
                 ex_rec[nx, 0] = i
                 ex_rec[nx, 1] = t - c
                 ex_rec[nx, 2] = nd
                 ex_rec[nx, 3] = nd
                 nx += 1
-                w_bit[leaf] = True
-                d_bit[leaf] = True
+                rl.w_bit = True
+                rl.d_bit = True
                 exits += 1
                 last_exit_end[lane] = t
-            elif not d_bit[leaf] and held:
+            elif not rl.d_bit and held:
                 kind = STALE_TLB
-            tlb_dirty[leaf] = cached | vb
-            tlb_epoch[leaf] = epoch
-            version[g] += 1
-            last_vcpu[g] = v
-            last_time[g] = t
-            last_kind[g] = kind
+            rl.tlb_dirty = cached | vb
+            rl.tlb_epoch = epoch
+            rp.version += 1
+            rp.last_vcpu = v
+            rp.last_time_ns = t
+            rp.last_kind = kind
         pml_index[lane] = idx
         n_logged[lane] = logged
         n_exits[lane] = exits

@@ -25,8 +25,7 @@ NO_CUT, CUT_MISCONFIG, CUT_VIOLATION, CUT_FULL = 0, 1, 2, 3
 @njit(cache=True, nogil=True)
 def retire(
     T, V, G, walk, n_pages, identity, leaf_of_gfn, leaf_base, leaf_pages,
-    d_bit, w_bit, tlb_dirty, tlb_epoch, epoch, table_recalc, pml_enabled, hdbss,
-    version, last_vcpu, last_time, last_kind, log_gpa, log_time, log_index,
+    records, epoch, table_recalc, pml_enabled, hdbss, log_gpa, log_time, log_index,
     n_writes, n_walks, n_logged, log_rec, trace,
 ):  # fmt: skip
     """Retire writes ``(T, V, G)`` in order until one needs an exit. ``walk[i]``: write i is a
@@ -37,19 +36,21 @@ def retire(
     n = len(G)
     for i in range(n):
         if i + AHEAD < n:
-            prefetch(version, G[i + AHEAD])  # the page's record, and a 4 KiB leaf's
+            prefetch(records, G[i + AHEAD])  # the page's record, and a 4 KiB leaf's
         g = G[i]
         v = V[i]
         leaf = g if identity else leaf_of_gfn[g]
+        rl = records[leaf]  # the leaf's fields
+        rp = records[g]  # the page's (the same record for a 4 KiB leaf)
         vb = np.uint64(1) << np.uint64(v)
-        cached = cached_mask(tlb_dirty[leaf], tlb_epoch[leaf], epoch)
+        cached = cached_mask(rl.tlb_dirty, rl.tlb_epoch, epoch)
         held = (cached & vb) != 0
         if table_recalc[g >> 9]:  # Xen lazy re-arm: checked before the permissions
             return i, CUT_MISCONFIG, nl
-        if not w_bit[leaf] and not held:  # a TLB entry cached as writable skips the check
+        if not rl.w_bit and not held:  # a TLB entry cached as writable skips the check
             return i, CUT_VIOLATION, nl
         kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
-        if not d_bit[leaf]:
+        if not rl.d_bit:
             if held:
                 kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
             elif pml_enabled:
@@ -66,15 +67,15 @@ def retire(
                     log_rec[nl, 1] = idx
                     nl += 1
                 log_index[v] = idx - 1
-                d_bit[leaf] = True
+                rl.d_bit = True
                 kind = LOGGED
                 n_logged[v] += 1
-        tlb_dirty[leaf] = cached | vb
-        tlb_epoch[leaf] = epoch
-        version[g] += 1
-        last_vcpu[g] = v
-        last_time[g] = T[i]
-        last_kind[g] = kind
+        rl.tlb_dirty = cached | vb
+        rl.tlb_epoch = epoch
+        rp.version += 1
+        rp.last_vcpu = v
+        rp.last_time_ns = T[i]
+        rp.last_kind = kind
         if len(walk) and walk[i]:
             n_walks[v] += 1
         else:
