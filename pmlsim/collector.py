@@ -111,8 +111,7 @@ class Collector:
             return
         # Only the pages this copy is behind on can be late or lost at the next collection: on
         # every other page the copy already holds the version of the read (copies only grow).
-        behind = np.flatnonzero(self.memory.version > self.copy.version)
-        self._this_read = self.memory.snapshot(t_ns, behind)
+        self._this_read = self.memory.snapshot_newer(t_ns, self.copy.version)
 
     def collect(self, final: bool):
         """One collection: sync, take the collected pages' versions, verify."""

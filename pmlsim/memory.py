@@ -12,7 +12,7 @@ import mmap
 import attrs
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -177,3 +177,37 @@ class GuestMemory:
             rec = np.take(raw, pages).view(RECORD)
         # the fields are views of ``rec``
         return MemorySnapshot(t_ns, rec["version"], rec["last_vcpu"], rec["last_time_ns"], rec["last_kind"], pages)
+
+    def snapshot_newer(self, t_ns: int, than: np.ndarray) -> MemorySnapshot:
+        """The records of the pages whose version is above ``than``'s (a consumer's copy), now:
+        :meth:`snapshot` of ``np.flatnonzero(version > than)``, in two compiled passes (a scan,
+        then a gather in page order) instead of a scan, a mask, and a gather of whole records."""
+        pages = _newer_pages(self.pages, than)
+        version, last_vcpu, last_time_ns, last_kind = _gather_fields(self.pages, pages)
+        return MemorySnapshot(t_ns, version, last_vcpu, last_time_ns, last_kind, pages)
+
+
+@njit(cache=True, nogil=True)
+def _newer_pages(records, than):
+    out = np.empty(len(records) + 1, np.int64)  # only its first pages are touched (lazily mapped)
+    k = 0
+    for g in range(len(records)):
+        out[k] = g  # without a branch: a branch per page mispredicted too often (27 against 37 ms at 16 GiB)
+        k += records[g].version > than[g]
+    return out[:k].copy()
+
+
+@njit(cache=True, nogil=True)
+def _gather_fields(records, pages):
+    n = len(pages)
+    version = np.empty(n, np.int64)
+    last_vcpu = np.empty(n, np.int16)
+    last_time_ns = np.empty(n, np.int64)
+    last_kind = np.empty(n, np.int8)
+    for i in range(n):
+        r = records[pages[i]]
+        version[i] = r.version
+        last_vcpu[i] = r.last_vcpu
+        last_time_ns[i] = r.last_time_ns
+        last_kind[i] = r.last_kind
+    return version, last_vcpu, last_time_ns, last_kind
