@@ -28,6 +28,7 @@ copying a page) at time t sees exactly the writes retired before t.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable
 
@@ -581,7 +582,7 @@ class Guest:
             self._open_read_log(horizon)  # the limit is the horizon
         vcs, effs, gs, offs, lens = [], [], [], [], []
         for vc, p, t, nxt, off in takes:
-            k = int(np.searchsorted(t, horizon - off, side="left"))  # exits only push writes later
+            k = int(t.searchsorted(horizon - off, side="left"))  # exits only push writes later
             if not k:
                 continue
             vcs.append(vc)
@@ -589,7 +590,7 @@ class Guest:
             gs.append(self._g[vc.index][p : p + k])
             offs.append(off)
             if nxt is not None and k == len(t):
-                k2 = int(np.searchsorted(nxt[0], horizon - off, side="left"))
+                k2 = int(nxt[0].searchsorted(horizon - off, side="left"))
                 if k2:
                     effs.append(nxt[0][:k2])
                     gs.append(nxt[1][:k2])
@@ -601,10 +602,13 @@ class Guest:
             return horizon, None, ()
         vs = [vc.index for vc in vcs]
         L = len(vs)
-        starts = np.zeros(L + 1, np.int64)
-        np.cumsum(lens, out=starts[1:])
+        starts = np.array([0, *itertools.accumulate(lens)], np.int64)
         n = int(starts[-1])
-        E, G = (effs[0], gs[0]) if len(effs) == 1 else (np.concatenate(effs), np.concatenate(gs))
+        if len(effs) == 1:
+            E, G = effs[0], gs[0]
+        else:  # into reused buffers: a fresh one would be mapped, faulted in and unmapped each time
+            E = np.concatenate(effs, out=self._scratch("E", n))
+            G = np.concatenate(gs, out=self._scratch("G", n))
         vbits = np.array([1 << v for v in vs], dtype=np.uint64)
         size = vcs[0].pml.size
         c = hv.pml_full_exit_ns(size) if self.pml_enabled else hv.write_fault_exit_ns()
