@@ -69,6 +69,16 @@ class PageReads:
     pos: int = 0
 
 
+def _where(part: tuple[np.ndarray, ...]) -> tuple[int, int, int, int, int]:
+    """A lane's row of ``lanes.lane_writes``: its writes are (times, GFNs) and maybe a second
+    (times, GFNs) after them."""
+    t, g = part[0], part[1]
+    ta, ga = lanes.address(t), lanes.address(g)
+    if len(part) == 2:
+        return ta, ga, len(t), ta, ga  # no second part (read as empty)
+    return ta, ga, len(t), lanes.address(part[2]), lanes.address(part[3])
+
+
 class Guest:
     """The CPUs running guest code: turns each vCPU's write stream into retired writes.
 
@@ -580,22 +590,25 @@ class Guest:
             takes.append((vc, p, t, nxt, off))
         if defer and main and self._reads:
             self._open_read_log(horizon)  # the limit is the horizon
-        vcs, effs, gs, offs, lens = [], [], [], [], []
+        vcs, effs, gs, offs, lens, parts = [], [], [], [], [], []
         for vc, p, t, nxt, off in takes:
             k = int(t.searchsorted(horizon - off, side="left"))  # exits only push writes later
             if not k:
                 continue
             vcs.append(vc)
-            effs.append(t[:k])
-            gs.append(self._g[vc.index][p : p + k])
+            part = (t[:k], self._g[vc.index][p : p + k])
+            effs.append(part[0])
+            gs.append(part[1])
             offs.append(off)
             if nxt is not None and k == len(t):
                 k2 = int(nxt[0].searchsorted(horizon - off, side="left"))
                 if k2:
-                    effs.append(nxt[0][:k2])
-                    gs.append(nxt[1][:k2])
+                    part += (nxt[0][:k2], nxt[1][:k2])
+                    effs.append(part[2])
+                    gs.append(part[3])
                     k += k2
             lens.append(k)
+            parts.append(part)
         if not vcs:
             if self._reads and not defer:
                 self._do_reads(np.zeros(0, np.int64), np.zeros(0, np.int64), limit=horizon, inclusive=True)
@@ -604,11 +617,23 @@ class Guest:
         L = len(vs)
         starts = np.array([0, *itertools.accumulate(lens)], np.int64)
         n = int(starts[-1])
-        if len(effs) == 1:
-            E, G = effs[0], gs[0]
-        else:  # into reused buffers: a fresh one would be mapped, faulted in and unmapped each time
-            E = np.concatenate(effs, out=self._scratch("E", n))
-            G = np.concatenate(gs, out=self._scratch("G", n))
+        # Lanes planning for themselves are read where their writes are (no copy), unless the
+        # window needs them in one array afterwards: pages read, write faults, a trace.
+        in_place = defer and self.pml_enabled and self._read_log is None and not self.trace.enabled
+        if in_place:
+            E = G = None
+            writes = np.array([_where(part) for part in parts], np.int64)
+        else:
+            if len(effs) == 1:
+                E, G = effs[0], gs[0]
+            else:  # into reused buffers: a fresh one would be mapped, faulted in and unmapped each time
+                E = np.concatenate(effs, out=self._scratch("E", n))
+                G = np.concatenate(gs, out=self._scratch("G", n))
+            writes = np.empty((L, 5), np.int64)
+            writes[:, 0] = lanes.address(E) + 8 * starts[:-1]  # each lane: one part, in E and G
+            writes[:, 1] = lanes.address(G) + 8 * starts[:-1]
+            writes[:, 2] = lens
+            writes[:, 3:] = writes[:, :2]
         vbits = np.array([1 << v for v in vs], dtype=np.uint64)
         size = vcs[0].pml.size
         c = hv.pml_full_exit_ns(size) if self.pml_enabled else hv.write_fault_exit_ns()
@@ -619,15 +644,17 @@ class Guest:
         exit_reason = VmExit.PML_FULL if self.pml_enabled else VmExit.EPT_VIOLATION
         if defer:
             # the limit is the horizon: each lane plans and commits on its own, in one pass
-            fused = (E, offsets, horizon, first_wp, deferred)
-            self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity, fused)
+            fused = (offsets, horizon, first_wp, deferred)
+            self._commit_lanes(vcs, starts, stop, vbits, eff2, G, writes, c, identity, fused)
             if self._read_log is not None:
                 self._log_reads(G, eff2, starts, stop)
             out = []
             for lane in np.flatnonzero(deferred >= 0).tolist():
                 p = int(stop[lane])
                 reason = VmExit.EPT_VIOLATION if p == first_wp[lane] else exit_reason
-                out.append((vs[lane], reason, int(G[p]), int(deferred[lane])))
+                j, part = p - int(starts[lane]), parts[lane]
+                gfn = part[1][j] if j < len(part[1]) else part[3][j - len(part[1])]
+                out.append((vs[lane], reason, int(gfn), int(deferred[lane])))
             return int(horizon), None, out
         free = np.array([vc.pml.free for vc in vcs], dtype=np.int64)
         self._wid += 1
@@ -642,7 +669,7 @@ class Guest:
         )  # fmt: skip
         if self._reads:
             self._do_reads(G, eff2, limit=limit, inclusive=True, bounds=(starts, stop))
-        self._commit_lanes(vcs, starts, stop, vbits, eff2, G, c, identity)
+        self._commit_lanes(vcs, starts, stop, vbits, eff2, G, writes, c, identity)
         if owner < 0:
             return int(limit), None, ()
         reason = exit_reason if owner_exit else VmExit.EPT_VIOLATION
@@ -742,11 +769,12 @@ class Guest:
             buf = self._buffers[name] = np.empty(max(n, 2 * len(buf) if buf is not None else n), np.int64)
         return buf[:n]
 
-    def _commit_lanes(self, vcs, starts, stop, vbits, eff2, G, c, identity, fused=None):
+    def _commit_lanes(self, vcs, starts, stop, vbits, eff2, G, writes, c, identity, fused=None):
         """Retire the lanes' writes up to their stops, with the exits among them (compiled), then
-        account for them: vCPU counters and clocks, drained entries, trace events. ``fused``:
-        (E, offsets, horizon, first_wp, deferred) to plan and commit each lane in one pass, which
-        fills the stops."""
+        account for them: vCPU counters and clocks, drained entries, trace events. ``writes``:
+        where each lane's writes are (``lanes.lane_writes``); ``G``: the window's GFNs in one
+        array, or None (only with PML, untraced). ``fused``: (offsets, horizon, first_wp,
+        deferred) to plan and commit each lane in one pass, which fills the stops."""
         ept, hv, L = self.ept, self.vcpus[0].hv, len(vcs)
         size = vcs[0].pml.size
         n = int(starts[-1])
@@ -755,22 +783,22 @@ class Guest:
         n_logged = np.zeros(L, np.int64)
         n_exits = np.zeros(L, np.int64)
         last_end = np.zeros(L, np.int64)
-        drained_gfn, drained_age = self._scratch("drained_gfn", n + used), self._scratch("drained_age", n + used)
+        drained_gfn = self._scratch("drained_gfn", n + used)
         ex_rec = self._scratch("ex_rec", 4 * n).reshape(n, 4)
         trace = self.trace.enabled
         log_rec = self._scratch("log_rec", 2 * n if trace else 0).reshape(-1, 2)
         vids = np.array([vc.index for vc in vcs], dtype=np.int64)
-        one_pass = fused if fused is not None else (eff2, starts, 0, starts, starts)  # (not read)
-        nx, nd, nl = lanes.commit(
-            eff2, G, starts, stop, vbits, vids, size, c, self.pml_enabled, ept.n_pages, identity,
+        one_pass = fused if fused is not None else (starts, 0, starts, starts)  # (not read)
+        nx, nd, nl, age_sum, age_max = lanes.commit(
+            eff2, writes, starts, stop, vbits, vids, size, c, self.pml_enabled, ept.n_pages, identity,
             ept.leaf_of_gfn, ept.records, ept.epoch, self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
-            n_logged, n_exits, last_end, drained_gfn, drained_age, ex_rec, log_rec, trace,
+            n_logged, n_exits, last_end, drained_gfn, ex_rec, log_rec, trace,
             fused is not None, *one_pass,
         )  # fmt: skip
         ex_rec = ex_rec[:nx]
         if self.pml_enabled:
             if nx:
-                hv.absorb_drains(drained_gfn[:nd], drained_age[:nd], nx)
+                hv.absorb_drains(drained_gfn[:nd], nx, age_sum, age_max)
             reason = VmExit.PML_FULL
         else:
             if nx:

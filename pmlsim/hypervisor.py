@@ -239,7 +239,8 @@ class Hypervisor:
                 self.stats.dropped_entries += 1
         self._drained_so_far += n
         # Xen reads ascending indexes (newest first); KVM reads in write order (511 down)
-        self.absorb_drains(gfns, now - times, 1 if n else 0, vcpu)
+        ages = now - times
+        self.absorb_drains(gfns, 1 if n else 0, int(ages.sum()), int(ages.max()) if n else 0, vcpu)
         if self.trace.enabled:
             order = gfns[::-1] if self.policy == "xen" else gfns
             extra = {"ring_used": self.rings[vcpu.index].used} if self.rings is not None else {}
@@ -249,15 +250,18 @@ class Hypervisor:
             cost += n * self.costs.leaf_lookup_per_entry_ns
         return cost
 
-    def absorb_drains(self, gfns: np.ndarray, ages_ns: np.ndarray, flushes: int, vcpu: Vcpu | None = None) -> None:
+    def absorb_drains(
+        self, gfns: np.ndarray, flushes: int, age_sum_ns: int, age_max_ns: int, vcpu: Vcpu | None = None
+    ) -> None:
         """Drained GFNs reach the bitmap (the whole leaf with ``mark-whole``), or ``vcpu``'s
-        dirty ring (KVM pushes them in the order the CPU wrote them); count them."""
+        dirty ring (KVM pushes them in the order the CPU wrote them); count them. ``age_*``: the
+        sum and the largest of the entries' ages (drain time minus log time)."""
         if not len(gfns):
             return
         self.stats.flushes += flushes
         self.stats.flushed_entries += len(gfns)
-        self.stats.staleness_sum_ns += int(ages_ns.sum())
-        self.stats.staleness_max_ns = max(self.stats.staleness_max_ns, int(ages_ns.max()))
+        self.stats.staleness_sum_ns += age_sum_ns
+        self.stats.staleness_max_ns = max(self.stats.staleness_max_ns, age_max_ns)
         if self.rings is not None:
             self.rings[vcpu.index].push(gfns)
             return

@@ -27,13 +27,50 @@ lane in one pass.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import carray, njit, types
+from numba.extending import intrinsic
 
 from pmlsim.ept import cached_mask
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, prefetch
 
 #: "no event" as an integer time (also ``guest.NO_EVENT``)
 NO_EVENT = np.iinfo(np.int64).max
+
+
+@intrinsic
+def _int64s_at(typingctx, address):
+    """The integer ``address`` as a pointer to int64s (for :func:`numba.carray`)."""
+    sig = types.CPointer(types.int64)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
+@njit("intp(int64[::1])", cache=True, nogil=True)
+def address(a):
+    """Where array ``a``'s first element is (for :func:`lane_writes`; only contiguous int64
+    arrays are accepted, which is what it reads)."""
+    return a.ctypes.data
+
+
+@njit(cache=True, nogil=True)
+def lane_writes(writes, lane, n):
+    """Lane ``lane``'s ``n`` writes, read in place: (guest times, GFNs) of its first part,
+    then of the rest, and the first part's length. ``writes[lane]``: (times address, GFNs
+    address, first part's length, rest's times address, rest's GFNs address). The arrays there
+    must outlive the call (the engine holds them: its pending writes and next chunks)."""
+    na = writes[lane, 2]
+    nb = n - na
+    return (
+        carray(_int64s_at(writes[lane, 0]), na),
+        carray(_int64s_at(writes[lane, 1]), na),
+        carray(_int64s_at(writes[lane, 3]), nb),
+        carray(_int64s_at(writes[lane, 4]), nb),
+        na,
+    )
+
 
 #: how many writes ahead a pass asks for a write's record (``memory.prefetch``)
 AHEAD = 16
@@ -188,19 +225,23 @@ def plan(
 
 @njit(cache=True, nogil=True)
 def commit(
-    eff2, G, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
+    eff2, writes, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
     leaf_of_gfn, records, epoch,
     pml_gpa, pml_time, pml_index,
     n_logged, n_exits, last_exit_end,
-    drained_gfn, drained_age, ex_rec, log_rec, trace,
-    fused, E, offset, horizon, first_wp, deferred,
+    drained_gfn, ex_rec, log_rec, trace,
+    fused, offset, horizon, first_wp, deferred,
 ):  # fmt: skip
     """Pass 2: retire writes ``starts[l]`` to ``stops[l]`` of every lane, in program order.
 
+    Lane l's writes are read where they are (:func:`lane_writes`: ``writes[l]`` = addresses
+    of its guest times and GFNs, how many are there, and where the rest are); a write's index
+    ``i`` (``starts[l]`` onwards) is its place in the window, as if the lanes were concatenated.
+
     ``pml_index`` (per lane) is updated in place; each inline exit drains the lane's buffer into
-    ``drained_gfn``/``drained_age`` (age: exit start minus log time). ``ex_rec`` rows: (write,
-    exit start, first drained, end drained); ``log_rec`` rows (only with ``trace``): (write,
-    PML index). Returns (exits, drained entries, logged-write records).
+    ``drained_gfn``. ``ex_rec`` rows: (write, exit start, first drained, end drained); ``log_rec``
+    rows (only with ``trace``): (write, PML index). Returns (exits, drained entries, logged-write
+    records, sum and largest of the drained entries' ages: exit start minus log time).
 
     ``fused`` (plan and commit in one pass, when the limit is ``horizon`` whatever the other
     lanes do): each write's time is ``E + offset`` plus the lane's exits so far (``eff2`` is
@@ -208,6 +249,7 @@ def commit(
     exit or fault starting before it and not over there (``deferred``: its start, -1 for none;
     a fault's write in ``first_wp``, else the lane's end); ``stops`` is filled."""
     nd, nx, nl = 0, 0, 0
+    age_sum, age_max = 0, 0
     for lane in range(len(starts) - 1):
         vb = vbits[lane]
         v = vids[lane]
@@ -220,17 +262,22 @@ def commit(
             stops[lane] = end
             deferred[lane] = -1
             first_wp[lane] = end
-        for i in range(starts[lane], end):
-            if i + AHEAD < end:
-                prefetch(records, G[i + AHEAD])  # the page's record, and a 4 KiB leaf's
-            g = G[i]
+        s = starts[lane]
+        Ta, Ga, Tb, Gb, na = lane_writes(writes, lane, starts[lane + 1] - s)
+        for i in range(s, end):
+            j = i - s
+            if j + AHEAD < na:
+                prefetch(records, Ga[j + AHEAD])  # the page's record, and a 4 KiB leaf's
+            elif j + AHEAD - na < len(Gb):
+                prefetch(records, Gb[j + AHEAD - na])
+            g = Ga[j] if j < na else Gb[j - na]
             leaf = g if identity else leaf_of_gfn[g]
             rl = records[leaf]  # the leaf's fields
             rp = records[g]  # the page's (the same record for a 4 KiB leaf)
             cached = cached_mask(rl.tlb_dirty, rl.tlb_epoch, epoch)
             held = (cached & vb) != 0
             if fused:
-                t = E[i] + shift
+                t = (Ta[j] if j < na else Tb[j - na]) + shift
                 if t >= horizon:
                     stops[lane] = i
                     break
@@ -260,7 +307,9 @@ def commit(
                             k0 = nd
                             for e in range(size - 1, -1, -1):
                                 drained_gfn[nd] = pml_gpa[v, e] >> 12
-                                drained_age[nd] = t - c - pml_time[v, e]
+                                age = t - c - pml_time[v, e]
+                                age_sum += age
+                                age_max = max(age_max, age)
                                 nd += 1
                             ex_rec[nx, 0] = i
                             ex_rec[nx, 1] = t - c
@@ -302,7 +351,7 @@ def commit(
         pml_index[lane] = idx
         n_logged[lane] = logged
         n_exits[lane] = exits
-    return nx, nd, nl
+    return nx, nd, nl, age_sum, age_max
 
 
 @njit(cache=True, nogil=True)
