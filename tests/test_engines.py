@@ -89,6 +89,31 @@ def test_lanes_defer_exits_running_at_a_window_end_with_the_reference_results():
     assert untraced < traced / 2
 
 
+def test_lanes_read_in_place_across_a_chunk_boundary_give_the_reference_results(monkeypatch):
+    # Untraced lanes with PML are read where their writes are (no concatenation): a lane whose
+    # window runs from its pending writes into its next chunk is read as two parts, by address
+    import pmlsim.guest as guest_module
+
+    where = guest_module._where
+    parts_seen = []
+
+    def spy(part):
+        parts_seen.append(len(part) // 2)
+        return where(part)
+
+    monkeypatch.setattr(guest_module, "_where", spy)
+    config = SimConfig(
+        seed=23,
+        duration_ms=3,
+        guest=GuestConfig(memory_mib=64, vcpus=8),
+        pml=PmlConfig(buffer_entries=64),
+        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=1e7),
+        **COLLECTOR,
+    )
+    _untraced_events(config)
+    assert 1 in parts_seen and 2 in parts_seen
+
+
 def test_kicked_vcpus_exit_beside_the_other_lanes_with_the_reference_results(monkeypatch):
     # KVM syncs kick all 16 vCPUs (400 kick exits in 1 ms): each kicked vCPU's exit (its buffer
     # drained at the exit's start) runs beside the other lanes, and its lane catches up when it
