@@ -779,10 +779,8 @@ class Guest:
         size = vcs[0].pml.size
         n = int(starts[-1])
         pml_index = np.array([vc.pml.pml_index for vc in vcs], dtype=np.int64)
-        used = int(sum(vc.pml.used for vc in vcs)) if self.pml_enabled else 0
-        n_logged = np.zeros(L, np.int64)
-        n_exits = np.zeros(L, np.int64)
-        last_end = np.zeros(L, np.int64)
+        used = L * (size - 1) - int(pml_index.sum()) if self.pml_enabled else 0  # entries in the buffers
+        n_logged, n_exits, last_end = np.zeros((3, L), np.int64)
         drained_gfn = self._scratch("drained_gfn", n + used)
         ex_rec = self._scratch("ex_rec", 4 * n).reshape(n, 4)
         trace = self.trace.enabled
