@@ -18,7 +18,7 @@ class DirtyBitmap:
     def read_and_clear(self) -> np.ndarray:
         """Snapshot the set GFNs and clear them (KVM's xchg per word; Xen's CLEAN)."""
         gfns = np.flatnonzero(self.bits)
-        self.bits[gfns] = False
+        self.bits.fill(False)  # every set bit was read: a memset, not a scatter over them
         return gfns
 
 
