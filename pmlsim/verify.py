@@ -69,7 +69,9 @@ class ConsumerCopy:
         self.version = np.zeros(n, np.int64) if initial_version == 0 else np.full(n, initial_version, np.int64)
         #: when each page was last taken (-1: never)
         self.taken_ns = np.full(n, -1, dtype=np.int64)
-        self._reported = np.full(n, -1, dtype=np.int64)  # highest version already reported lost
+        # one more than the highest version already reported lost (0: none), so that it starts as
+        # zeros the OS maps lazily, like the copy (a 16 GiB guest: 32 MB not written up front)
+        self._reported = np.zeros(n, dtype=np.int64)
         #: GFNs in PML buffers at the last two bitmap reads (to explain late or lost pages)
         self._in_flight: list[np.ndarray] = []
         self.lost: list[LostPage] = []
@@ -132,7 +134,7 @@ class ConsumerCopy:
             )
             self.lost.append(lp)
             self.trace.emit(now_ns, "lost_page", lp.vcpu, g, cause=lp.cause, write_time_ns=lp.write_time_ns)
-        self._reported[bad] = required
+        self._reported[bad] = required + 1
         return len(bad)
 
     def cause(self, gfn: int, kind: int, write_time_ns: int) -> str:
@@ -181,11 +183,12 @@ def _take_now(pages, version, copy_version, taken_ns, t_ns):
 
 @njit(cache=True, nogil=True)
 def _still_behind_all(required, copy_version, reported):
-    """GFNs whose copy is older than ``required``, not reported yet."""
+    """GFNs whose copy is older than ``required``, not reported yet (``reported``: one more than
+    the highest version reported)."""
     out = np.empty(len(required), np.int64)
     k = 0
     for g in range(len(required)):
-        if copy_version[g] < required[g] and required[g] > reported[g]:
+        if copy_version[g] < required[g] and required[g] >= reported[g]:
             out[k] = g
             k += 1
     return out[:k].copy()
@@ -215,7 +218,7 @@ def _still_behind(pages, required, copy_version, reported):
     k = 0
     for i in range(len(pages)):
         g = pages[i]
-        if copy_version[g] < required[i] and required[i] > reported[g]:
+        if copy_version[g] < required[i] and required[i] >= reported[g]:
             out[k] = i
             k += 1
     return out[:k].copy()
