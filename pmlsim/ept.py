@@ -28,6 +28,10 @@ from pmlsim.memory import fresh_records
 LEAF_NAMES = {1: "4k", 512: "2m", 512 * 512: "1g"}
 
 
+#: ``Ept.leaf_map`` when every GFN is its own leaf
+_NO_LEAVES = np.zeros(0, dtype=np.int64)
+
+
 class Ept:
     """Extended page tables shared by every vCPU of the guest."""
 
@@ -47,10 +51,11 @@ class Ept:
         #: first GFN and 4 KiB pages of each superpage (leaf id ``n_pages + k``)
         self.sp_base = sp_base
         self.sp_size = sp_size
-        self.leaf_of_gfn = np.arange(n_pages, dtype=np.int64)
-        for k in range(self.n_superpages):
-            b, s = int(sp_base[k]), int(sp_size[k])
-            self.leaf_of_gfn[b : b + s] = n_pages + k
+        # built when first asked for if no superpage is mapped: every GFN is then its own leaf for
+        # good, and the compiled passes do not read it (8 bytes per page: 512 MiB at 64 GiB)
+        self._leaf_of_gfn: np.ndarray | None = None
+        if self.n_superpages:
+            self._leaf_of_gfn = self.leaf_of_gfn
         # One record per leaf, shared with guest memory (pmlsim.memory.RECORD: a 4 KiB leaf's id is
         # its GFN), so that a write's checks (TLB, W, D) and its page update touch one cache line
         self.records = fresh_records(n_leaves)
@@ -71,6 +76,22 @@ class Ept:
         self.rearm_pending = np.zeros(n_pages, dtype=bool)
 
     # ------------------------------------------------------------ queries
+    @property
+    def leaf_of_gfn(self) -> np.ndarray:
+        """Which leaf maps each GFN now (its own id for a 4 KiB leaf)."""
+        if self._leaf_of_gfn is None:
+            leaf_of_gfn = np.arange(self.n_pages, dtype=np.int64)
+            for k in range(self.n_superpages):
+                b, s = int(self.sp_base[k]), int(self.sp_size[k])
+                leaf_of_gfn[b : b + s] = self.n_pages + k
+            self._leaf_of_gfn = leaf_of_gfn
+        return self._leaf_of_gfn
+
+    def leaf_map(self) -> np.ndarray:
+        """``leaf_of_gfn`` for a compiled pass: an empty array when every GFN is its own leaf
+        (the passes then do not read it), so that it is never built for such a guest."""
+        return _NO_LEAVES if self.identity() else self.leaf_of_gfn
+
     def identity(self) -> bool:
         """True when every GFN is mapped by its own 4 KiB leaf (no superpage in place)."""
         return self.n_superpages == 0 or bool(self.split.all())
@@ -166,7 +187,8 @@ class Ept:
     def clear_d_bits(self, gfns: np.ndarray, write_protect: bool = False) -> None:
         """Re-arm logging for ``gfns``: clear the D bit of the leaves that map them (and write-
         protect them again without PML), in memory only: TLBs keep what they cached."""
-        _clear_leaf_bits(self.d_bit, self.w_bit, self.leaf_of_gfn, np.asarray(gfns, np.int64), write_protect)
+        gfns = np.asarray(gfns, np.int64)
+        _clear_leaf_bits(self.d_bit, self.w_bit, self.identity(), self.leaf_map(), gfns, write_protect)
 
     def invept(self) -> None:
         """INVEPT (single context): every vCPU's cached EPT translations are dropped."""
@@ -189,11 +211,11 @@ def cached_mask(mask, mask_epoch, epoch):
 
 
 @njit(cache=True, nogil=True)
-def _clear_leaf_bits(d_bit, w_bit, leaf_of_gfn, gfns, write_protect):
+def _clear_leaf_bits(d_bit, w_bit, identity, leaf_of_gfn, gfns, write_protect):
     """D = 0 (and W = 0) on the leaves mapping ``gfns``: one pass, no index array (the bits
     are strided views of the leaf records, where numpy's scatter is slow)."""
     for g in gfns:
-        leaf = leaf_of_gfn[g]
+        leaf = g if identity else leaf_of_gfn[g]
         d_bit[leaf] = False
         if write_protect:
             w_bit[leaf] = False

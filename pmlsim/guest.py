@@ -664,7 +664,7 @@ class Guest:
         ex_pos, n_ex, walked = self._scratch("ex_pos", n), np.empty(L, np.int64), np.empty(L, np.int64)
         limit, owner, owner_pos, owner_exit = lanes.plan(
             E, G, starts, offsets, vbits, free, size, c, horizon, self.pml_enabled,
-            ept.n_pages, identity, ept.leaf_of_gfn, ept.records, ept.epoch, self._wid,
+            ept.n_pages, identity, ept.leaf_map(), ept.records, ept.epoch, self._wid,
             eff2, ex_pos, n_ex, first_wp, walked, stop,
         )  # fmt: skip
         if self._reads:
@@ -789,7 +789,7 @@ class Guest:
         one_pass = fused if fused is not None else (starts, 0, starts, starts)  # (not read)
         nx, nd, nl, age_sum, age_max = lanes.commit(
             eff2, writes, starts, stop, vbits, vids, size, c, self.pml_enabled, ept.n_pages, identity,
-            ept.leaf_of_gfn, ept.records, ept.epoch, self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
+            ept.leaf_map(), ept.records, ept.epoch, self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
             n_logged, n_exits, last_end, drained_gfn, ex_rec, log_rec, trace,
             fused is not None, *one_pass,
         )  # fmt: skip
@@ -872,7 +872,7 @@ class Guest:
         log_rec = self._scratch("log_rec", 2 * n if trace else 0).reshape(-1, 2)
         cut, why, nl = merged.retire(
             T, V, G, NO_WALKS if walk is None else walk, ept.n_pages, ept.identity(),
-            ept.leaf_of_gfn, *((ept.leaf_base, ept.leaf_pages) if self.hdbss else (NO_LEAVES, NO_LEAVES)),
+            ept.leaf_map(), *((ept.leaf_base, ept.leaf_pages) if self.hdbss else (NO_LEAVES, NO_LEAVES)),
             ept.records, ept.epoch, ept.table_recalc, self.pml_enabled, self.hdbss,
             self.pml_area.gpa, self.pml_area.log_time_ns, log_index,
             n_writes, n_walks, n_logged, log_rec, trace,

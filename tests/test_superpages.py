@@ -1,5 +1,6 @@
 """Superpage layouts and policies: splits counted, re-coalescing measured."""
 
+import pytest
 from conftest import COLLECTOR, MIB2, run, scripted
 
 from pmlsim import GuestConfig, LeafRange, SimConfig, SuperpageConfig, WorkloadConfig, simulate
@@ -74,3 +75,27 @@ def test_leaf_extents_come_from_the_superpage_table_without_per_page_arrays():
     assert ept.leaf_count() == g.pages // 2 + ept.n_superpages
     assert "leaf_base" not in vars(ept) and "leaf_pages" not in vars(ept)
     assert (ept.leaf_base[sp], ept.leaf_pages[sp]) == ept.leaf_extent(sp)
+
+
+@pytest.mark.parametrize("layout", ["4k", "mixed"])
+def test_the_leaf_map_is_built_only_for_a_guest_with_superpages(monkeypatch, layout):
+    # a guest mapped with 4 KiB leaves only keeps every GFN its own leaf for good: the fast
+    # engine's passes, the re-arm and a migration never need the GFN -> leaf map (8 bytes a
+    # page), so it is not built; with superpages it is, from the start
+    import pmlsim.sim
+
+    made = []
+
+    class Spy(Ept):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(pmlsim.sim, "Ept", Spy)
+    guest = GuestConfig(memory_mib=64, vcpus=4, layout=layout, fraction_2m=0.5 if layout == "mixed" else 0.0)
+    workload = WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=5e6)
+    simulate(SimConfig(duration_ms=2, guest=guest, workload=workload, **COLLECTOR))
+    simulate(SimConfig(duration_ms=2, guest=guest, workload=workload))  # a migration
+    assert len(made) == 2
+    for ept in made:
+        assert (ept._leaf_of_gfn is None) == (layout == "4k")
