@@ -52,7 +52,7 @@ class Ept:
         self.sp_base = sp_base
         self.sp_size = sp_size
         # built when first asked for if no superpage is mapped: every GFN is then its own leaf for
-        # good, and the compiled passes do not read it (8 bytes per page: 512 MiB at 64 GiB)
+        # good, and the compiled passes do not read it (8 bytes per page: 128 MiB at 64 GiB)
         self._leaf_of_gfn: np.ndarray | None = None
         if self.n_superpages:
             self._leaf_of_gfn = self.leaf_of_gfn
