@@ -98,7 +98,7 @@ def _aligned_records(n: int) -> np.ndarray:
     records, and with 4 KiB pages nearly every one of them at 16 GiB would also miss the TLB.
     Only speed depends on this, never a result."""
     size = n * RECORD.itemsize
-    if size < HUGE_RECORDS_BYTES:
+    if size < HUGE_RECORDS_BYTES or not hasattr(mmap, "MAP_PRIVATE"):  # (no such mapping on Windows)
         raw = np.empty(size + 64, dtype=np.uint8)
         skip = (-raw.ctypes.data) % 64
     else:
