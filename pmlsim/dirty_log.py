@@ -60,15 +60,15 @@ class DirtyLog:
         """Put the waiting marks in every view."""
         if not self._waiting:
             return
-        gfns = np.concatenate(self._waiting) if len(self._waiting) > 1 else self._waiting[0]
-        self._waiting.clear()
+        waiting, self._waiting = self._waiting, []
         self._n_waiting = 0
         for name, bitmap in self.views.items():
             first, end = self._ranges[name]
-            if first == 0 and end == self.n_pages:
-                bitmap.mark(gfns)
-            else:
-                bitmap.mark(gfns[(gfns >= first) & (gfns < end)])
+            for gfns in waiting:  # one drain at a time: joining them first was a copy of them all
+                if first == 0 and end == self.n_pages:
+                    bitmap.mark(gfns)
+                else:
+                    bitmap.mark(gfns[(gfns >= first) & (gfns < end)])
 
     def read_and_clear(self, consumer: str) -> np.ndarray:
         view = self.view(consumer)
