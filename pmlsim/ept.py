@@ -28,8 +28,9 @@ from pmlsim.memory import fresh_records
 LEAF_NAMES = {1: "4k", 512: "2m", 512 * 512: "1g"}
 
 
-#: ``Ept.leaf_map`` when every GFN is its own leaf
-_NO_LEAVES = np.zeros(0, dtype=np.int64)
+#: a per-leaf array a compiled pass does not read: ``Ept.leaf_map`` when every GFN is its own
+#: leaf, and the leaf extents of the merged pass without HDBSS
+NO_LEAVES = np.zeros(0, dtype=np.int64)
 
 
 class Ept:
@@ -90,7 +91,7 @@ class Ept:
     def leaf_map(self) -> np.ndarray:
         """``leaf_of_gfn`` for a compiled pass: an empty array when every GFN is its own leaf
         (the passes then do not read it), so that it is never built for such a guest."""
-        return _NO_LEAVES if self.identity() else self.leaf_of_gfn
+        return NO_LEAVES if self.identity() else self.leaf_of_gfn
 
     def identity(self) -> bool:
         """True when every GFN is mapped by its own 4 KiB leaf (no superpage in place)."""

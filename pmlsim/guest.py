@@ -37,7 +37,7 @@ import numpy as np
 import simpy
 
 from pmlsim import lanes, merged
-from pmlsim.ept import Ept, walk_gfns
+from pmlsim.ept import NO_LEAVES, Ept, walk_gfns
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory, first_occurrence, stable_order
 from pmlsim.pml import PmlArea, hdbss_entries
 from pmlsim.trace import Trace
@@ -53,8 +53,6 @@ NO_EVENT = np.iinfo(np.int64).max
 #: bits for a window-relative time in a (gfn, time) sort key; windows are shorter than this
 TIME_BITS = 36
 MAX_WINDOW_NS = 1 << (TIME_BITS - 1)
-#: the merged pass's leaf extents when it does not read them (only HDBSS entries do)
-NO_LEAVES = np.zeros(0, dtype=np.int64)
 #: the merged pass's walk flags when no write is a page-table walk's
 NO_WALKS = np.zeros(0, dtype=bool)
 
