@@ -588,22 +588,19 @@ class Guest:
             takes.append((vc, p, t, nxt, off))
         if defer and main and self._reads:
             self._open_read_log(horizon)  # the limit is the horizon
-        vcs, effs, gs, offs, lens, parts = [], [], [], [], [], []
+        vcs, offs, lens, parts = [], [], [], []
         for vc, p, t, nxt, off in takes:
             k = int(t.searchsorted(horizon - off, side="left"))  # exits only push writes later
             if not k:
                 continue
             vcs.append(vc)
+            # (times, GFNs) of the lane's pending writes, then of its next chunk if it reaches it
             part = (t[:k], self._g[vc.index][p : p + k])
-            effs.append(part[0])
-            gs.append(part[1])
             offs.append(off)
             if nxt is not None and k == len(t):
                 k2 = int(nxt[0].searchsorted(horizon - off, side="left"))
                 if k2:
                     part += (nxt[0][:k2], nxt[1][:k2])
-                    effs.append(part[2])
-                    gs.append(part[3])
                     k += k2
             lens.append(k)
             parts.append(part)
@@ -622,6 +619,8 @@ class Guest:
             E = G = None
             writes = np.array([_where(part) for part in parts], np.int64)
         else:
+            effs = [times for part in parts for times in part[0::2]]
+            gs = [gfns for part in parts for gfns in part[1::2]]
             if len(effs) == 1:
                 E, G = effs[0], gs[0]
             else:  # into reused buffers: a fresh one would be mapped, faulted in and unmapped each time
