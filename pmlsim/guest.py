@@ -28,7 +28,6 @@ copying a page) at time t sees exactly the writes retired before t.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Callable
 
@@ -65,16 +64,6 @@ class PageReads:
     pages: np.ndarray
     sink: Callable[[np.ndarray, np.ndarray, np.ndarray], None]
     pos: int = 0
-
-
-def _where(part: tuple[np.ndarray, ...]) -> tuple[int, int, int, int, int]:
-    """A lane's row of ``lanes.lane_writes``: its writes are (times, GFNs) and maybe a second
-    (times, GFNs) after them."""
-    t, g = part[0], part[1]
-    ta, ga = lanes.address(t), lanes.address(g)
-    if len(part) == 2:
-        return ta, ga, len(t), ta, ga  # no second part (read as empty)
-    return ta, ga, len(t), lanes.address(part[2]), lanes.address(part[3])
 
 
 class Guest:
@@ -122,6 +111,10 @@ class Guest:
         #: place, so that taking a chunk copies nothing; see :meth:`_lane_pending`)
         self._next: list[tuple[np.ndarray, np.ndarray] | None] = [None] * nv
         self._exhausted = [False] * nv
+        #: where ``_t[v]``/``_g[v]`` and ``_next[v]``'s arrays are (None: not looked up yet), for
+        #: lanes read in place (``lanes.lane_writes``)
+        self._at_pending: list[tuple[int, int] | None] = [None] * nv
+        self._at_next: list[tuple[int, int] | None] = [None] * nv
         self._eff: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(nv)]
         self._eff_key: list[tuple | None] = [None] * nv
         #: recent fraction of each vCPU's writes that logged (sizes the fast engine's windows)
@@ -265,7 +258,7 @@ class Guest:
         stream has ended."""
         nxt = self._next[v]
         if nxt is not None:
-            self._next[v] = None
+            self._next[v] = self._at_next[v] = None
             return nxt
         if self._exhausted[v]:
             return None
@@ -288,6 +281,7 @@ class Guest:
             p = self._pos[v]
             self._t[v] = np.concatenate([self._t[v][p:], t])
             self._g[v] = np.concatenate([self._g[v][p:], g])
+            self._at_pending[v] = None
             self._pos[v] = 0
             self._eff_key[v] = None
 
@@ -299,12 +293,14 @@ class Guest:
             chunk = self._take_chunk(v)
             if chunk is not None:
                 self._t[v], self._g[v] = chunk
+                self._at_pending[v] = None
                 self._pos[v] = 0
                 self._eff_key[v] = None
         p = self._pos[v]
         pending = len(self._t[v]) - p
         if pending < n and self._next[v] is None:
             self._next[v] = self._take_chunk(v)
+            self._at_next[v] = None
         nxt = self._next[v] if pending < n else None
         if nxt is not None and pending + len(nxt[0]) < n:  # a short chunk (the stream's last): join
             self._fill(v, n)
@@ -563,6 +559,7 @@ class Guest:
         main = running is None  # not a lane's catch-up
         if main:
             running = [vc for vc in self.vcpus if vc.running]
+        # each lane: (vCPU, first pending write, writes there, writes in the next chunk, offset)
         takes = []
         batch = MAX_BATCH
         for vc in running:
@@ -585,73 +582,79 @@ class Guest:
                     t = self._t[v][p : p + want + 1]
                 if len(t) > want and int(t[want]) + off < horizon:
                     horizon = int(t[want]) + off
-            takes.append((vc, p, t, nxt, off))
+                takes.append((vc, p, min(len(t), want), 0, off))
+            else:
+                takes.append((vc, p, len(t), batch - len(t), off))
         if defer and main and self._reads:
             self._open_read_log(horizon)  # the limit is the horizon
-        vcs, offs, lens, parts = [], [], [], []
-        for vc, p, t, nxt, off in takes:
-            k = int(t.searchsorted(horizon - off, side="left"))  # exits only push writes later
+        # Each lane's writes up to its batch bound: every write before the horizon is among them
+        # (the horizon is at most each lane's bound), and the kernels stop each lane there.
+        # Lanes planning for themselves are read where their writes are (no copy, no search),
+        # unless the window needs them in one array afterwards: pages read, write faults, a trace.
+        in_place = defer and self.pml_enabled and self._read_log is None and not self.trace.enabled
+        E = G = None
+        if in_place:
+            lens = [n_a + n_b for _, _, n_a, n_b, _ in takes]
+        else:  # only the writes before the horizon are copied
+            takes = [self._before(horizon, *take) for take in takes]
+            lens = [n_a + n_b for _, _, n_a, n_b, _ in takes]
+            effs, gs = [], []
+            for vc, p, n_a, n_b, _ in takes:
+                v = vc.index
+                effs.append(self._t[v][p : p + n_a])
+                gs.append(self._g[v][p : p + n_a])
+                if n_b:
+                    effs.append(self._next[v][0][:n_b])
+                    gs.append(self._next[v][1][:n_b])
+            if len(effs) == 1:
+                E, G = effs[0], gs[0]
+            elif effs:  # into reused buffers: a fresh one would be mapped, faulted in and unmapped each time
+                E = np.concatenate(effs, out=self._scratch("E", sum(lens)))
+                G = np.concatenate(gs, out=self._scratch("G", len(E)))
+            if E is not None and len(E):
+                E_at, G_at = lanes.address(E), lanes.address(G)
+        vcs, rows, starts, n = [], [], [0], 0
+        for (vc, p, n_a, n_b, off), k in zip(takes, lens, strict=True):
             if not k:
                 continue
+            v = vc.index
+            if in_place:
+                t_at, g_at = self._pending_at(v)
+                t_at, g_at = t_at + 8 * p, g_at + 8 * p
+                rest = self._next_at(v) if n_b else (t_at, g_at)  # (read as empty without one)
+            else:  # the lane's writes are E[n:n + k], G[n:n + k], in one part
+                t_at, g_at = E_at + 8 * n, G_at + 8 * n
+                rest = (t_at, g_at)
+            rows += (t_at, g_at, n_a if in_place else k, *rest, off, v, vc.pml.pml_index)
             vcs.append(vc)
-            # (times, GFNs) of the lane's pending writes, then of its next chunk if it reaches it
-            part = (t[:k], self._g[vc.index][p : p + k])
-            offs.append(off)
-            if nxt is not None and k == len(t):
-                k2 = int(nxt[0].searchsorted(horizon - off, side="left"))
-                if k2:
-                    part += (nxt[0][:k2], nxt[1][:k2])
-                    k += k2
-            lens.append(k)
-            parts.append(part)
+            n += k
+            starts.append(n)
         if not vcs:
             if self._reads and not defer:
                 self._do_reads(np.zeros(0, np.int64), np.zeros(0, np.int64), limit=horizon, inclusive=True)
             return horizon, None, ()
-        vs = [vc.index for vc in vcs]
-        L = len(vs)
-        starts = np.array([0, *itertools.accumulate(lens)], np.int64)
-        n = int(starts[-1])
-        # Lanes planning for themselves are read where their writes are (no copy), unless the
-        # window needs them in one array afterwards: pages read, write faults, a trace.
-        in_place = defer and self.pml_enabled and self._read_log is None and not self.trace.enabled
-        if in_place:
-            E = G = None
-            writes = np.array([_where(part) for part in parts], np.int64)
-        else:
-            effs = [times for part in parts for times in part[0::2]]
-            gs = [gfns for part in parts for gfns in part[1::2]]
-            if len(effs) == 1:
-                E, G = effs[0], gs[0]
-            else:  # into reused buffers: a fresh one would be mapped, faulted in and unmapped each time
-                E = np.concatenate(effs, out=self._scratch("E", n))
-                G = np.concatenate(gs, out=self._scratch("G", n))
-            writes = np.empty((L, 5), np.int64)
-            writes[:, 0] = lanes.address(E) + 8 * starts[:-1]  # each lane: one part, in E and G
-            writes[:, 1] = lanes.address(G) + 8 * starts[:-1]
-            writes[:, 2] = lens
-            writes[:, 3:] = writes[:, :2]
-        vbits = np.array([1 << v for v in vs], dtype=np.uint64)
+        L = len(vcs)
+        table = np.array(rows, np.int64).reshape(L, lanes.LANE_FIELDS)
+        results = np.zeros((lanes.RESULTS, L), np.int64)
+        starts_a = np.array(starts, np.int64)
         size = vcs[0].pml.size
         c = hv.pml_full_exit_ns(size) if self.pml_enabled else hv.write_fault_exit_ns()
         eff2 = self._scratch("eff2", n)
-        first_wp, stop, deferred = np.empty(L, np.int64), np.empty(L, np.int64), np.empty(L, np.int64)
         identity = ept.identity()
-        offsets = np.array(offs, np.int64)
         exit_reason = VmExit.PML_FULL if self.pml_enabled else VmExit.EPT_VIOLATION
         if defer:
             # the limit is the horizon: each lane plans and commits on its own, in one pass
-            fused = (offsets, horizon, first_wp, deferred)
-            self._commit_lanes(vcs, starts, stop, vbits, eff2, G, writes, c, identity, fused)
+            gfns_at = self._deferred_gfns(vcs, takes, starts, G)
+            self._commit_lanes(vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon)
             if self._read_log is not None:
-                self._log_reads(G, eff2, starts, stop)
+                self._log_reads(G, eff2, starts_a, results[lanes.STOP])
             out = []
-            for lane in np.flatnonzero(deferred >= 0).tolist():
+            stop, first_wp = results[lanes.STOP], results[lanes.FIRST_WP]
+            for lane in np.flatnonzero(results[lanes.DEFERRED] >= 0).tolist():
                 p = int(stop[lane])
                 reason = VmExit.EPT_VIOLATION if p == first_wp[lane] else exit_reason
-                j, part = p - int(starts[lane]), parts[lane]
-                gfn = part[1][j] if j < len(part[1]) else part[3][j - len(part[1])]
-                out.append((vs[lane], reason, int(gfn), int(deferred[lane])))
+                gfn = gfns_at(lane, p)
+                out.append((vcs[lane].index, reason, gfn, int(results[lanes.DEFERRED, lane])))
             return int(horizon), None, out
         free = np.array([vc.pml.free for vc in vcs], dtype=np.int64)
         self._wid += 1
@@ -660,17 +663,57 @@ class Guest:
             self._wid = 1
         ex_pos, n_ex, walked = self._scratch("ex_pos", n), np.empty(L, np.int64), np.empty(L, np.int64)
         limit, owner, owner_pos, owner_exit = lanes.plan(
-            E, G, starts, offsets, vbits, free, size, c, horizon, self.pml_enabled,
+            E, G, starts_a, table, free, size, c, horizon, self.pml_enabled,
             ept.n_pages, identity, ept.leaf_map(), ept.records, ept.epoch, self._wid,
-            eff2, ex_pos, n_ex, first_wp, walked, stop,
+            eff2, ex_pos, n_ex, results[lanes.FIRST_WP], walked, results[lanes.STOP],
         )  # fmt: skip
         if self._reads:
-            self._do_reads(G, eff2, limit=limit, inclusive=True, bounds=(starts, stop))
-        self._commit_lanes(vcs, starts, stop, vbits, eff2, G, writes, c, identity)
+            self._do_reads(G, eff2, limit=limit, inclusive=True, bounds=(starts_a, results[lanes.STOP]))
+        self._commit_lanes(vcs, starts, starts_a, table, results, eff2, G, c, identity)
         if owner < 0:
             return int(limit), None, ()
         reason = exit_reason if owner_exit else VmExit.EPT_VIOLATION
-        return int(limit), (vs[owner], reason, int(G[owner_pos])), ()
+        return int(limit), (vcs[owner].index, reason, int(G[owner_pos])), ()
+
+    def _before(self, horizon: int, vc: Vcpu, p: int, n_a: int, n_b: int, off: int) -> tuple:
+        """A lane's take (:meth:`_window_lanes`) cut to its writes before ``horizon`` (exits only
+        push writes later)."""
+        v = vc.index
+        k = int(self._t[v][p : p + n_a].searchsorted(horizon - off, side="left"))
+        if k < n_a or not n_b:
+            return vc, p, k, 0, off
+        return vc, p, n_a, int(self._next[v][0][:n_b].searchsorted(horizon - off, side="left")), off
+
+    def _pending_at(self, v: int) -> tuple[int, int]:
+        """Where vCPU ``v``'s pending times and GFNs (``_t[v]``, ``_g[v]``) are."""
+        at = self._at_pending[v]
+        if at is None:
+            at = self._at_pending[v] = (lanes.address(self._t[v]), lanes.address(self._g[v]))
+        return at
+
+    def _next_at(self, v: int) -> tuple[int, int]:
+        """Where vCPU ``v``'s next chunk's times and GFNs are."""
+        at = self._at_next[v]
+        if at is None:
+            at = self._at_next[v] = (lanes.address(self._next[v][0]), lanes.address(self._next[v][1]))
+        return at
+
+    def _deferred_gfns(self, vcs, takes, starts, G):
+        """``gfn(lane, i)``: the GFN of the window's write ``i`` (of lane ``lane``), read before
+        the lanes retire (which moves their pending writes on)."""
+        if G is not None:
+            return lambda lane, i: int(G[i])
+        where = {}
+        for vc, p, n_a, n_b, _ in takes:
+            v = vc.index
+            where[v] = (self._g[v], p, n_a, self._next[v][1] if n_b else None)
+
+        def gfn(lane: int, i: int) -> int:
+            g, p, n_a, rest = where[vcs[lane].index]
+            j = i - starts[lane]
+            return int(g[p + j] if j < n_a else rest[j - n_a])
+
+        return gfn
 
     # ------------------------------------------------------------ fast engine, deferred exits
     # A lane's exit still running at the window's limit need not cut the other lanes: it
@@ -754,7 +797,7 @@ class Guest:
             # the lane has moved into its next chunk, which becomes the pending writes as it is
             self._pos[v] -= len(self._t[v])
             self._t[v], self._g[v] = self._next[v]
-            self._next[v] = None
+            self._at_pending[v], self._next[v], self._at_next[v] = self._at_next[v], None, None
             self._eff_key[v] = None
         if writes:
             self._log_ratio[v] = max(0.5 * self._log_ratio[v] + 0.5 * logged / writes, 1e-4)
@@ -766,29 +809,27 @@ class Guest:
             buf = self._buffers[name] = np.empty(max(n, 2 * len(buf) if buf is not None else n), np.int64)
         return buf[:n]
 
-    def _commit_lanes(self, vcs, starts, stop, vbits, eff2, G, writes, c, identity, fused=None):
+    def _commit_lanes(self, vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon=None):
         """Retire the lanes' writes up to their stops, with the exits among them (compiled), then
-        account for them: vCPU counters and clocks, drained entries, trace events. ``writes``:
-        where each lane's writes are (``lanes.lane_writes``); ``G``: the window's GFNs in one
-        array, or None (only with PML, untraced). ``fused``: (offsets, horizon, first_wp,
-        deferred) to plan and commit each lane in one pass, which fills the stops."""
+        account for them: vCPU counters and clocks, drained entries, trace events. ``table``:
+        the lanes (``pmlsim.lanes``: where each one's writes are, its offset, vCPU and PML
+        index); ``starts``: where each lane starts in the window (a list; ``starts_a``: the same
+        as an array); ``G``: the window's GFNs in one array, or None (only with PML, untraced).
+        ``horizon``: plan and commit each lane in one pass up to it (``results`` gets the
+        stops); otherwise the stops are in ``results`` already."""
         ept, hv, L = self.ept, self.vcpus[0].hv, len(vcs)
         size = vcs[0].pml.size
-        n = int(starts[-1])
-        pml_index = np.array([vc.pml.pml_index for vc in vcs], dtype=np.int64)
-        used = L * (size - 1) - int(pml_index.sum()) if self.pml_enabled else 0  # entries in the buffers
-        n_logged, n_exits, last_end = np.zeros((3, L), np.int64)
-        drained_gfn = self._scratch("drained_gfn", n + used)
+        n = starts[-1]
+        # drained: at most every entry in the buffers, plus one buffer per write
+        drained_gfn = self._scratch("drained_gfn", n + L * size)
         ex_rec = self._scratch("ex_rec", 4 * n).reshape(n, 4)
         trace = self.trace.enabled
         log_rec = self._scratch("log_rec", 2 * n if trace else 0).reshape(-1, 2)
-        vids = np.array([vc.index for vc in vcs], dtype=np.int64)
-        one_pass = fused if fused is not None else (starts, 0, starts, starts)  # (not read)
+        fused = horizon is not None
         nx, nd, nl, age_sum, age_max = lanes.commit(
-            eff2, writes, starts, stop, vbits, vids, size, c, self.pml_enabled, ept.n_pages, identity,
-            ept.leaf_map(), ept.records, ept.epoch, self.pml_area.gpa, self.pml_area.log_time_ns, pml_index,
-            n_logged, n_exits, last_end, drained_gfn, ex_rec, log_rec, trace,
-            fused is not None, *one_pass,
+            eff2, table, starts_a, results, size, c, self.pml_enabled, ept.n_pages, identity,
+            ept.leaf_map(), ept.records, ept.epoch, self.pml_area.gpa, self.pml_area.log_time_ns,
+            drained_gfn, ex_rec, log_rec, trace, fused, horizon if fused else 0,
         )  # fmt: skip
         ex_rec = ex_rec[:nx]
         if self.pml_enabled:
@@ -799,17 +840,18 @@ class Guest:
             if nx:
                 hv.dirty_log.mark(G[ex_rec[:, 0]])
             reason = VmExit.EPT_VIOLATION
-        n_ret, n_ex, idxs = (stop - starts[:-1]).tolist(), n_exits.tolist(), pml_index.tolist()
-        counts = zip(vcs, n_ex, n_ret, idxs, n_logged.tolist(), last_end.tolist(), strict=True)
-        for vc, k, nr, idx, nl_v, end in counts:
+        n_logged, n_exits, last_end, _, stops, _ = results.tolist()
+        idxs = table[:, lanes.PML_INDEX].tolist()
+        for lane, vc in enumerate(vcs):
+            k = n_exits[lane]
             if k:
                 vc.exits[reason.value] += k
                 vc.stall_ns += k * c
                 vc.base_sim_ns += k * c
-                vc.resume_floor_ns = end
-            self._retired(vc, nr, nl_v, idx)
+                vc.resume_floor_ns = last_end[lane]
+            self._retired(vc, stops[lane] - starts[lane], n_logged[lane], idxs[lane])
         if trace:
-            self._trace_lanes(vcs, starts, ex_rec, log_rec[:nl], drained_gfn, eff2, G, c, reason)
+            self._trace_lanes(vcs, starts_a, ex_rec, log_rec[:nl], drained_gfn, eff2, G, c, reason)
 
     def _trace_lanes(self, vcs, starts, ex_rec, log_rec, drained_gfn, eff2, G, c, reason):
         """Trace a window's inlined exits (vm_exit, the flush with its entries, vm_entry) and

@@ -36,6 +36,18 @@ from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, prefetch
 #: "no event" as an integer time (also ``guest.NO_EVENT``)
 NO_EVENT = np.iinfo(np.int64).max
 
+# A window's lane table (int64, a row per lane): where the lane's writes are
+# (:func:`lane_writes`), its guest-to-simulated time offset, its vCPU, and its PML index
+# (updated by :func:`commit`). One array built from one list: the engine makes one per window,
+# and per-lane arrays cost a numpy call each (docs/performance.md).
+TIMES_AT, GFNS_AT, FIRST_PART, REST_TIMES_AT, REST_GFNS_AT, OFFSET, VCPU, PML_INDEX = range(8)
+LANE_FIELDS = 8
+# The rows of :func:`commit`'s results (int64, a column per lane, zeroed by the caller):
+# logged writes, exits, when the last inline exit ended, the write that faults (else the lane's
+# end), where the lane stopped, and when its deferred exit starts (-1: none).
+N_LOGGED, N_EXITS, LAST_EXIT_END, FIRST_WP, STOP, DEFERRED = range(6)
+RESULTS = 6
+
 
 @intrinsic
 def _int64s_at(typingctx, address):
@@ -56,18 +68,18 @@ def address(a):
 
 
 @njit(cache=True, nogil=True)
-def lane_writes(writes, lane, n):
+def lane_writes(table, lane, n):
     """Lane ``lane``'s ``n`` writes, read in place: (guest times, GFNs) of its first part,
-    then of the rest, and the first part's length. ``writes[lane]``: (times address, GFNs
-    address, first part's length, rest's times address, rest's GFNs address). The arrays there
+    then of the rest, and the first part's length. ``table[lane]``: the lane's row (addresses of
+    the first part's times and GFNs, its length, addresses of the rest's). The arrays there
     must outlive the call (the engine holds them: its pending writes and next chunks)."""
-    na = writes[lane, 2]
+    na = table[lane, FIRST_PART]
     nb = n - na
     return (
-        carray(_int64s_at(writes[lane, 0]), na),
-        carray(_int64s_at(writes[lane, 1]), na),
-        carray(_int64s_at(writes[lane, 3]), nb),
-        carray(_int64s_at(writes[lane, 4]), nb),
+        carray(_int64s_at(table[lane, TIMES_AT]), na),
+        carray(_int64s_at(table[lane, GFNS_AT]), na),
+        carray(_int64s_at(table[lane, REST_TIMES_AT]), nb),
+        carray(_int64s_at(table[lane, REST_GFNS_AT]), nb),
         na,
     )
 
@@ -91,14 +103,14 @@ def _first_end_at_or_after(eff2, ex_pos, a, ne, limit):
 
 @njit(cache=True, nogil=True)
 def _walk_lane(
-    lane, E, G, starts, offset, vbits, free, size, c, bound, pml_enabled, n_pages, identity,
+    lane, E, G, starts, table, free, size, c, bound, pml_enabled, n_pages, identity,
     leaf_of_gfn, records, epoch, wid, eff2, ex_pos, n_ex, first_wp, walked,
 ):  # fmt: skip
     """Walk lane ``lane`` without changing any state, until a write at or past ``bound``."""
     a, b = starts[lane], starts[lane + 1]
-    vb = vbits[lane]
+    vb = np.uint64(1) << np.uint64(table[lane, VCPU])
     fr = free[lane]
-    shift = offset[lane]
+    shift = table[lane, OFFSET]
     logs = 0
     ne = 0
     fw = b
@@ -158,13 +170,14 @@ def _stop_lane(lane, starts, eff2, ex_pos, n_ex, first_wp, walked, limit, stops)
 
 @njit(cache=True, nogil=True)
 def plan(
-    E, G, starts, offset, vbits, free, size, c, horizon, pml_enabled, n_pages, identity,
+    E, G, starts, table, free, size, c, horizon, pml_enabled, n_pages, identity,
     leaf_of_gfn, records, epoch, wid,
     eff2, ex_pos, n_ex, first_wp, walked, stops,
 ):  # fmt: skip
     """Pass 1. ``E``: each write's guest time; lanes are ``starts[l]`` to ``starts[l+1]``; a
-    lane's write retires at simulated time ``E + offset[l]`` plus its earlier exits in this
-    window. ``identity``: every GFN is its own 4 KiB leaf.
+    lane's write retires at simulated time ``E`` plus the lane's ``OFFSET`` (its row of the lane
+    ``table``) plus its earlier exits in this window. ``identity``: every GFN is its own 4 KiB
+    leaf.
 
     Fills ``eff2`` (each write's simulated time), the exits of each lane
     (``ex_pos[starts[l]:][:n_ex[l]]``: the writes that exit; each retires ``c`` after its exit
@@ -179,7 +192,7 @@ def plan(
     bound = horizon
     for lane in range(L):
         _walk_lane(
-            lane, E, G, starts, offset, vbits, free, size, c, bound, pml_enabled, n_pages, identity,
+            lane, E, G, starts, table, free, size, c, bound, pml_enabled, n_pages, identity,
             leaf_of_gfn, records, epoch, wid, eff2, ex_pos, n_ex, first_wp, walked,
         )  # fmt: skip
         # this lane's own cut (its exit running at the bound, or its fault) lowers the bound
@@ -225,45 +238,46 @@ def plan(
 
 @njit(cache=True, nogil=True)
 def commit(
-    eff2, writes, starts, stops, vbits, vids, size, c, pml_enabled, n_pages, identity,
-    leaf_of_gfn, records, epoch,
-    pml_gpa, pml_time, pml_index,
-    n_logged, n_exits, last_exit_end,
-    drained_gfn, ex_rec, log_rec, trace,
-    fused, offset, horizon, first_wp, deferred,
+    eff2, table, starts, results, size, c, pml_enabled, n_pages, identity,
+    leaf_of_gfn, records, epoch, pml_gpa, pml_time,
+    drained_gfn, ex_rec, log_rec, trace, fused, horizon,
 ):  # fmt: skip
-    """Pass 2: retire writes ``starts[l]`` to ``stops[l]`` of every lane, in program order.
+    """Pass 2: retire writes ``starts[l]`` to ``results[STOP, l]`` of every lane, in program
+    order.
 
-    Lane l's writes are read where they are (:func:`lane_writes`: ``writes[l]`` = addresses
-    of its guest times and GFNs, how many are there, and where the rest are); a write's index
-    ``i`` (``starts[l]`` onwards) is its place in the window, as if the lanes were concatenated.
+    Lane l's writes are read where they are (:func:`lane_writes`, from its row of the lane
+    ``table``); a write's index ``i`` (``starts[l]`` onwards) is its place in the window, as if
+    the lanes were concatenated. The lane's PML index (``table[l, PML_INDEX]``) is updated in
+    place, and its counts go to ``results[:, l]`` (zeroed by the caller).
 
-    ``pml_index`` (per lane) is updated in place; each inline exit drains the lane's buffer into
-    ``drained_gfn``. ``ex_rec`` rows: (write, exit start, first drained, end drained); ``log_rec``
-    rows (only with ``trace``): (write, PML index). Returns (exits, drained entries, logged-write
-    records, sum and largest of the drained entries' ages: exit start minus log time).
+    Each inline exit drains the lane's buffer into ``drained_gfn``. ``ex_rec`` rows: (write,
+    exit start, first drained, end drained); ``log_rec`` rows (only with ``trace``): (write, PML
+    index). Returns (exits, drained entries, logged-write records, sum and largest of the
+    drained entries' ages: exit start minus log time).
 
     ``fused`` (plan and commit in one pass, when the limit is ``horizon`` whatever the other
-    lanes do): each write's time is ``E + offset`` plus the lane's exits so far (``eff2`` is
-    filled), and each lane stops by itself at its first write at or past the horizon, or at an
-    exit or fault starting before it and not over there (``deferred``: its start, -1 for none;
-    a fault's write in ``first_wp``, else the lane's end); ``stops`` is filled."""
+    lanes do): each write's time is its guest time plus the lane's ``OFFSET`` plus its exits so
+    far (``eff2`` is filled), and each lane stops by itself at its first write at or past the
+    horizon, or at an exit or fault starting before it and not over there (``DEFERRED``: its
+    start, -1 for none; a fault's write in ``FIRST_WP``, else the lane's end); ``STOP`` is
+    filled. Otherwise ``eff2`` and ``STOP`` come from :func:`plan`."""
     nd, nx, nl = 0, 0, 0
     age_sum, age_max = 0, 0
+    stops, first_wp, deferred = results[STOP], results[FIRST_WP], results[DEFERRED]
     for lane in range(len(starts) - 1):
-        vb = vbits[lane]
-        v = vids[lane]
-        idx = pml_index[lane]
+        v = table[lane, VCPU]
+        vb = np.uint64(1) << np.uint64(v)
+        idx = table[lane, PML_INDEX]
         logged = 0
         exits = 0
         end = starts[lane + 1] if fused else stops[lane]
-        shift = offset[lane] if fused else 0
+        shift = table[lane, OFFSET] if fused else 0
         if fused:
             stops[lane] = end
             deferred[lane] = -1
             first_wp[lane] = end
         s = starts[lane]
-        Ta, Ga, Tb, Gb, na = lane_writes(writes, lane, starts[lane + 1] - s)
+        Ta, Ga, Tb, Gb, na = lane_writes(table, lane, starts[lane + 1] - s)
         for i in range(s, end):
             j = i - s
             if j + AHEAD < na:
@@ -318,7 +332,7 @@ def commit(
                             nx += 1
                             idx = size - 1
                             exits += 1
-                            last_exit_end[lane] = t
+                            results[LAST_EXIT_END, lane] = t
                         pml_gpa[v, idx] = g << 12
                         pml_time[v, idx] = t
                         if trace:
@@ -339,7 +353,7 @@ def commit(
                 rl.w_bit = True
                 rl.d_bit = True
                 exits += 1
-                last_exit_end[lane] = t
+                results[LAST_EXIT_END, lane] = t
             elif not rl.d_bit and held:
                 kind = STALE_TLB
             rl.tlb_dirty = cached | vb
@@ -348,9 +362,9 @@ def commit(
             rp.last_vcpu = v
             rp.last_time_ns = t
             rp.last_kind = kind
-        pml_index[lane] = idx
-        n_logged[lane] = logged
-        n_exits[lane] = exits
+        table[lane, PML_INDEX] = idx
+        results[N_LOGGED, lane] = logged
+        results[N_EXITS, lane] = exits
     return nx, nd, nl, age_sum, age_max
 
 

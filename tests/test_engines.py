@@ -92,16 +92,17 @@ def test_lanes_defer_exits_running_at_a_window_end_with_the_reference_results():
 def test_lanes_read_in_place_across_a_chunk_boundary_give_the_reference_results(monkeypatch):
     # Untraced lanes with PML are read where their writes are (no concatenation): a lane whose
     # window runs from its pending writes into its next chunk is read as two parts, by address
-    import pmlsim.guest as guest_module
+    from pmlsim import lanes
 
-    where = guest_module._where
+    commit = lanes.commit
     parts_seen = []
 
-    def spy(part):
-        parts_seen.append(len(part) // 2)
-        return where(part)
+    def spy(eff2, table, starts, *args):
+        for row in table:  # a lane's second part has addresses of its own
+            parts_seen.append(1 if row[lanes.REST_TIMES_AT] == row[lanes.TIMES_AT] else 2)
+        return commit(eff2, table, starts, *args)
 
-    monkeypatch.setattr(guest_module, "_where", spy)
+    monkeypatch.setattr(lanes, "commit", spy)
     config = SimConfig(
         seed=23,
         duration_ms=3,
