@@ -90,6 +90,9 @@ class Collector:
         self.on_collect = None
         self._prev_read: MemorySnapshot | None = None
         self._this_read: MemorySnapshot | None = None
+        #: the arrays of the sparse reads, two sets in turn: a read's snapshot is kept until the
+        #: collection after the next read, whose snapshot fills the other set
+        self._read_buffers: list[tuple[np.ndarray, ...]] = []
         self.collections: list[Collection] = []
         self.late_pages = 0
         self.pages_collected = 0
@@ -111,7 +114,9 @@ class Collector:
             return
         # Only the pages this copy is behind on can be late or lost at the next collection: on
         # every other page the copy already holds the version of the read (copies only grow).
-        self._this_read = self.memory.snapshot_newer(t_ns, self.copy.version)
+        into = self.memory.newer_buffers() if len(self._read_buffers) < 2 else self._read_buffers.pop(0)
+        self._read_buffers.append(into)  # (the other set holds the previous read, still in use)
+        self._this_read = self.memory.snapshot_newer(t_ns, self.copy.version, into)
 
     def collect(self, final: bool):
         """One collection: sync, take the collected pages' versions, verify."""

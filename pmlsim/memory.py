@@ -90,26 +90,45 @@ HUGE_RECORDS_BYTES = 4 << 20
 _HUGE_PAGE = 2 << 20
 
 
+def _huge_mapping(size: int) -> np.ndarray | None:
+    """``size`` zeroed bytes in an anonymous mapping of their own, 2 MiB-aligned and advised to
+    use transparent huge pages where the OS has them (None where there is no such mapping: on
+    Windows). The OS maps its pages at their first touch, 2 MiB at a time: a page fault in this
+    VM costs microseconds, and a 16 GiB guest's 32 MiB arrays took 8,192 of them each."""
+    if not hasattr(mmap, "MAP_PRIVATE"):
+        return None
+    # private (Python's default is shared, which Linux backs with huge pages far more rarely);
+    # one spare huge page to align on, never touched, so never resident
+    area = mmap.mmap(-1, size + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        area.madvise(mmap.MADV_HUGEPAGE)
+    raw = np.frombuffer(area, dtype=np.uint8)  # the array keeps the mapping alive
+    skip = (-raw.ctypes.data) % _HUGE_PAGE
+    return raw[skip : skip + size]
+
+
+def zeros(n: int, dtype) -> np.ndarray:
+    """``np.zeros(n, dtype)``; a large one (a per-page array of a consumer) in a mapping of its
+    own backed by huge pages (:func:`_huge_mapping`). Only speed depends on this."""
+    dtype = np.dtype(dtype)
+    raw = _huge_mapping(n * dtype.itemsize) if n * dtype.itemsize >= HUGE_RECORDS_BYTES else None
+    return np.zeros(n, dtype) if raw is None else raw.view(dtype)
+
+
 def _aligned_records(n: int) -> np.ndarray:
     """``n`` uninitialized records, the first on a 64-byte boundary, so that no record straddles
     two cache lines (numpy places a large array 16 bytes past a page boundary: every other
-    record would straddle). Large arrays get an anonymous mapping of their own, 2 MiB-aligned
-    and advised to use transparent huge pages where the OS has them: the writes land at random
-    records, and with 4 KiB pages nearly every one of them at 16 GiB would also miss the TLB.
-    Only speed depends on this, never a result."""
+    record would straddle). Large arrays get a mapping of their own backed by huge pages
+    (:func:`_huge_mapping`): the writes land at random records, and with 4 KiB pages nearly
+    every one of them at 16 GiB would also miss the TLB. Only speed depends on this, never a
+    result."""
     size = n * RECORD.itemsize
-    if size < HUGE_RECORDS_BYTES or not hasattr(mmap, "MAP_PRIVATE"):  # (no such mapping on Windows)
+    raw = _huge_mapping(size) if size >= HUGE_RECORDS_BYTES else None
+    if raw is None:
         raw = np.empty(size + 64, dtype=np.uint8)
         skip = (-raw.ctypes.data) % 64
-    else:
-        # private (Python's default is shared, which Linux backs with huge pages far more rarely);
-        # one spare huge page to align on, never touched, so never resident
-        area = mmap.mmap(-1, size + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            area.madvise(mmap.MADV_HUGEPAGE)
-        raw = np.frombuffer(area, dtype=np.uint8)  # the array keeps the mapping alive
-        skip = (-raw.ctypes.data) % _HUGE_PAGE
-    return raw[skip : skip + size].view(RECORD)
+        raw = raw[skip : skip + size]
+    return raw.view(RECORD)
 
 
 @intrinsic
@@ -178,36 +197,39 @@ class GuestMemory:
         # the fields are views of ``rec``
         return MemorySnapshot(t_ns, rec["version"], rec["last_vcpu"], rec["last_time_ns"], rec["last_kind"], pages)
 
-    def snapshot_newer(self, t_ns: int, than: np.ndarray) -> MemorySnapshot:
+    def newer_buffers(self) -> tuple[np.ndarray, ...]:
+        """Arrays for :meth:`snapshot_newer` to fill (room for every page; the OS maps only the
+        part that is written)."""
+        n = len(self.pages)
+        return tuple(zeros(n, dtype) for dtype in (np.int64, np.int64, np.int16, np.int64, np.int8))
+
+    def snapshot_newer(self, t_ns: int, than: np.ndarray, into: tuple[np.ndarray, ...] | None = None) -> MemorySnapshot:
         """The records of the pages whose version is above ``than``'s (a consumer's copy), now:
-        :meth:`snapshot` of ``np.flatnonzero(version > than)``, in two compiled passes (a scan,
-        then a gather in page order) instead of a scan, a mask, and a gather of whole records."""
-        pages = _newer_pages(self.pages, than)
-        version, last_vcpu, last_time_ns, last_kind = _gather_fields(self.pages, pages)
+        :meth:`snapshot` of ``np.flatnonzero(version > than)``, in one compiled pass instead of a
+        scan, a mask, and a gather of whole records.
+
+        ``into``: :meth:`newer_buffers` to fill, reused from one call to the next; the snapshot's
+        arrays are views of them (valid until they are filled again). Fresh arrays would be
+        faulted in at each call (at 16 GiB: 56 against 24 ms, docs/performance.md)."""
+        into = self.newer_buffers() if into is None else into
+        k = _newer_into(self.pages, than, *into)
+        pages, version, last_vcpu, last_time_ns, last_kind = (a[:k] for a in into)
         return MemorySnapshot(t_ns, version, last_vcpu, last_time_ns, last_kind, pages)
 
 
 @njit(cache=True, nogil=True)
-def _newer_pages(records, than):
-    out = np.empty(len(records) + 1, np.int64)  # only its first pages are touched (lazily mapped)
+def _newer_into(records, than, pages, version, last_vcpu, last_time_ns, last_kind):
+    """Fill the arrays with the pages (and their fields) whose version is above ``than``'s, in
+    page order; returns how many."""
     k = 0
     for g in range(len(records)):
-        out[k] = g  # without a branch: a branch per page mispredicted too often (27 against 37 ms at 16 GiB)
-        k += records[g].version > than[g]
-    return out[:k].copy()
-
-
-@njit(cache=True, nogil=True)
-def _gather_fields(records, pages):
-    n = len(pages)
-    version = np.empty(n, np.int64)
-    last_vcpu = np.empty(n, np.int16)
-    last_time_ns = np.empty(n, np.int64)
-    last_kind = np.empty(n, np.int8)
-    for i in range(n):
-        r = records[pages[i]]
-        version[i] = r.version
-        last_vcpu[i] = r.last_vcpu
-        last_time_ns[i] = r.last_time_ns
-        last_kind[i] = r.last_kind
-    return version, last_vcpu, last_time_ns, last_kind
+        # every page written at k, kept only if newer: no branch per page (a branch mispredicted
+        # too often: 24 against 28 ms over 4M pages)
+        r = records[g]
+        pages[k] = g
+        version[k] = r.version
+        last_vcpu[k] = r.last_vcpu
+        last_time_ns[k] = r.last_time_ns
+        last_kind[k] = r.last_kind
+        k += r.version > than[g]
+    return k

@@ -13,7 +13,7 @@ from numba import njit
 
 from pmlsim.config import SimConfig
 from pmlsim.hypervisor import Hypervisor, SyncRecord
-from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, STALE_TLB, GuestMemory, MemorySnapshot
+from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, STALE_TLB, GuestMemory, MemorySnapshot, zeros
 from pmlsim.trace import Trace
 
 #: every cause a lost page can be reported with, and what it means
@@ -65,13 +65,14 @@ class ConsumerCopy:
         self.memory = memory
         self.trace = trace
         n = len(memory.version)
-        # zeros come from the OS untouched (calloc): a large guest's copy costs nothing up front
-        self.version = np.zeros(n, np.int64) if initial_version == 0 else np.full(n, initial_version, np.int64)
+        # zeros come from the OS untouched, in huge pages (memory.zeros): a large guest's copy costs
+        # nothing up front
+        self.version = zeros(n, np.int64) if initial_version == 0 else np.full(n, initial_version, np.int64)
         # Both kept plus one, so that they start as zeros the OS maps lazily, like the copy (a
         # 16 GiB guest: 64 MB not written up front): when each page was last taken (0: never),
         # and the highest version already reported lost (0: none)
-        self._taken_ns_1 = np.zeros(n, dtype=np.int64)
-        self._reported = np.zeros(n, dtype=np.int64)
+        self._taken_ns_1 = zeros(n, np.int64)
+        self._reported = zeros(n, np.int64)
         #: GFNs in PML buffers at the last two bitmap reads (to explain late or lost pages)
         self._in_flight: list[np.ndarray] = []
         self.lost: list[LostPage] = []

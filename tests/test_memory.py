@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pmlsim.memory import HUGE_RECORDS_BYTES, RECORD, GuestMemory, fresh_records
+from pmlsim.memory import HUGE_RECORDS_BYTES, RECORD, GuestMemory, fresh_records, zeros
 
 
 @pytest.mark.parametrize("n", [1, 1000, HUGE_RECORDS_BYTES // RECORD.itemsize + 1])
@@ -45,3 +45,36 @@ def test_snapshot_newer_than_an_up_to_date_copy_is_empty():
     mem = GuestMemory(100)
     mem.version[:] = 7
     assert len(mem.snapshot_newer(0, np.full(100, 7)).pages) == 0
+
+
+def test_snapshot_newer_into_reused_arrays_leaves_the_other_set_as_it_was():
+    # the collector fills two sets of arrays in turn: a read must not change the previous one
+    rng = np.random.default_rng(4)
+    n = 3000
+    mem = GuestMemory(n)
+    sets = [mem.newer_buffers(), mem.newer_buffers()]
+    copy = np.zeros(n, np.int64)
+    mem.version[:] = rng.integers(0, 3, n)
+    first = mem.snapshot_newer(1, copy, sets[0])
+    kept = first.pages.copy(), first.version.copy()
+    mem.version[:] += rng.integers(0, 3, n)
+    second = mem.snapshot_newer(2, copy, sets[1])
+    np.testing.assert_array_equal(first.pages, kept[0])
+    np.testing.assert_array_equal(first.version, kept[1])
+    # and a set filled again gives what fresh arrays give
+    mem.version[:] += 1
+    again = mem.snapshot_newer(3, copy, sets[0])
+    fresh = mem.snapshot_newer(3, copy)
+    assert len(second.pages) > 0 and len(again.pages) == n
+    for field in ("pages", "version", "last_vcpu", "last_time_ns", "last_kind"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(fresh, field))
+
+
+@pytest.mark.parametrize("n", [10, HUGE_RECORDS_BYTES // 8 + 3])
+def test_per_page_zeros_are_zeros_of_the_asked_type_and_writable(n):
+    a = zeros(n, np.int64)
+    assert a.dtype == np.int64 and a.shape == (n,) and not a.any()
+    a[-1] = 5
+    assert a.sum() == 5
+    if n * 8 >= HUGE_RECORDS_BYTES:  # a mapping of its own, on a huge page boundary (Linux)
+        assert a.ctypes.data % (2 << 20) == 0
