@@ -825,11 +825,11 @@ class Guest:
         ex_rec = self._scratch("ex_rec", 4 * n).reshape(n, 4)
         trace = self.trace.enabled
         log_rec = self._scratch("log_rec", 2 * n if trace else 0).reshape(-1, 2)
-        fused = horizon is not None
+        # (None: the kernel is compiled without that part)
+        gpa, log_time = (self.pml_area.gpa, self.pml_area.log_time_ns) if self.pml_enabled else (None, None)
         nx, nd, nl, age_sum, age_max = lanes.commit(
-            eff2, table, starts_a, results, size, c, self.pml_enabled, ept.n_pages, identity,
-            ept.leaf_map(), ept.records, ept.epoch, self.pml_area.gpa, self.pml_area.log_time_ns,
-            drained_gfn, ex_rec, log_rec, trace, fused, horizon if fused else 0,
+            eff2, table, starts_a, results, size, c, ept.n_pages, None if identity else ept.leaf_map(),
+            ept.records, ept.epoch, gpa, log_time, drained_gfn, ex_rec, log_rec if trace else None, horizon,
         )  # fmt: skip
         ex_rec = ex_rec[:nx]
         if self.pml_enabled:

@@ -238,9 +238,8 @@ def plan(
 
 @njit(cache=True, nogil=True)
 def commit(
-    eff2, table, starts, results, size, c, pml_enabled, n_pages, identity,
-    leaf_of_gfn, records, epoch, pml_gpa, pml_time,
-    drained_gfn, ex_rec, log_rec, trace, fused, horizon,
+    eff2, table, starts, results, size, c, n_pages, leaf_of_gfn, records, epoch,
+    pml_gpa, pml_time, drained_gfn, ex_rec, log_rec, horizon,
 ):  # fmt: skip
     """Pass 2: retire writes ``starts[l]`` to ``results[STOP, l]`` of every lane, in program
     order.
@@ -251,12 +250,18 @@ def commit(
     place, and its counts go to ``results[:, l]`` (zeroed by the caller).
 
     Each inline exit drains the lane's buffer into ``drained_gfn``. ``ex_rec`` rows: (write,
-    exit start, first drained, end drained); ``log_rec`` rows (only with ``trace``): (write, PML
-    index). Returns (exits, drained entries, logged-write records, sum and largest of the
-    drained entries' ages: exit start minus log time).
+    exit start, first drained, end drained); ``log_rec`` rows: (write, PML index). Returns
+    (exits, drained entries, logged-write records, sum and largest of the drained entries' ages:
+    exit start minus log time).
 
-    ``fused`` (plan and commit in one pass, when the limit is ``horizon`` whatever the other
-    lanes do): each write's time is its guest time plus the lane's ``OFFSET`` plus its exits so
+    Four arguments may be None, which turns a part off when the kernel is compiled (numba
+    compiles one version per combination and prunes the branches, ``x is None``, that test
+    them; as runtime flags they cost 8 % of the kernel's time, docs/performance.md):
+    ``leaf_of_gfn`` (every GFN is its own 4 KiB leaf), ``pml_gpa`` and ``pml_time`` (no PML:
+    write protection), ``log_rec`` (no trace), ``horizon`` (not fused).
+
+    Fused (a ``horizon``: plan and commit in one pass, when the limit is the horizon whatever
+    the other lanes do): each write's time is its guest time plus the lane's ``OFFSET`` plus its exits so
     far (``eff2`` is filled), and each lane stops by itself at its first write at or past the
     horizon, or at an exit or fault starting before it and not over there (``DEFERRED``: its
     start, -1 for none; a fault's write in ``FIRST_WP``, else the lane's end); ``STOP`` is
@@ -270,9 +275,9 @@ def commit(
         idx = table[lane, PML_INDEX]
         logged = 0
         exits = 0
-        end = starts[lane + 1] if fused else stops[lane]
-        shift = table[lane, OFFSET] if fused else 0
-        if fused:
+        end = starts[lane + 1] if horizon is not None else stops[lane]
+        shift = table[lane, OFFSET] if horizon is not None else 0
+        if horizon is not None:
             stops[lane] = end
             deferred[lane] = -1
             first_wp[lane] = end
@@ -285,22 +290,22 @@ def commit(
             elif j + AHEAD - na < len(Gb):
                 prefetch(records, Gb[j + AHEAD - na])
             g = Ga[j] if j < na else Gb[j - na]
-            leaf = g if identity else leaf_of_gfn[g]
+            leaf = g if leaf_of_gfn is None else leaf_of_gfn[g]
             rl = records[leaf]  # the leaf's fields
             rp = records[g]  # the page's (the same record for a 4 KiB leaf)
             cached = cached_mask(rl.tlb_dirty, rl.tlb_epoch, epoch)
             held = (cached & vb) != 0
-            if fused:
+            if horizon is not None:
                 t = (Ta[j] if j < na else Tb[j - na]) + shift
                 if t >= horizon:
                     stops[lane] = i
                     break
-                if not rl.w_bit and not held and (pml_enabled or leaf >= n_pages):
+                if not rl.w_bit and not held and (pml_gpa is not None or leaf >= n_pages):
                     stops[lane] = i  # split-on-write superpage (or any fault under PML): a SimPy exit
                     deferred[lane] = t
                     first_wp[lane] = i
                     break
-                if (not rl.w_bit and not held) or (pml_enabled and not rl.d_bit and not held and idx < 0):
+                if (not rl.w_bit and not held) or (pml_gpa is not None and not rl.d_bit and not held and idx < 0):
                     if t + c >= horizon:
                         stops[lane] = i  # an exit still running at the horizon: a SimPy exit
                         deferred[lane] = t
@@ -311,7 +316,7 @@ def commit(
             else:
                 t = eff2[i]
             kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
-            if pml_enabled:
+            if pml_gpa is not None:
                 if not rl.d_bit:
                     if held:
                         kind = STALE_TLB  # the TLB says dirty: no D update, no log (SDM 28.2.4)
@@ -335,7 +340,7 @@ def commit(
                             results[LAST_EXIT_END, lane] = t
                         pml_gpa[v, idx] = g << 12
                         pml_time[v, idx] = t
-                        if trace:
+                        if log_rec is not None:
                             log_rec[nl, 0] = i
                             log_rec[nl, 1] = idx
                             nl += 1
