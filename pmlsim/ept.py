@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from pmlsim.config import LEAF_PAGES
-from pmlsim.memory import fresh_records
+from pmlsim.memory import fresh_records, in_two, splits
 
 LEAF_NAMES = {1: "4k", 512: "2m", 512 * 512: "1g"}
 
@@ -189,7 +189,12 @@ class Ept:
         """Re-arm logging for ``gfns``: clear the D bit of the leaves that map them (and write-
         protect them again without PML), in memory only: TLBs keep what they cached."""
         gfns = np.asarray(gfns, np.int64)
-        _clear_leaf_bits(self.d_bit, self.w_bit, self.identity(), self.leaf_map(), gfns, write_protect)
+        args = (self.d_bit, self.w_bit, self.identity(), self.leaf_map())
+        if not splits(len(gfns)) or not self.identity():
+            _clear_leaf_bits(*args, gfns, write_protect)
+        else:  # each GFN its own leaf, and the GFNs (a bitmap's) distinct: the halves touch distinct records
+            h = len(gfns) // 2
+            in_two(_clear_leaf_bits, (*args, gfns[:h], write_protect), (*args, gfns[h:], write_protect))
 
     def invept(self) -> None:
         """INVEPT (single context): every vCPU's cached EPT translations are dropped."""

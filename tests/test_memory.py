@@ -78,3 +78,61 @@ def test_per_page_zeros_are_zeros_of_the_asked_type_and_writable(n):
     assert a.sum() == 5
     if n * 8 >= HUGE_RECORDS_BYTES:  # a mapping of its own, on a huge page boundary (Linux)
         assert a.ctypes.data % (2 << 20) == 0
+
+
+def _split_everything(monkeypatch):
+    import pmlsim.memory as memory
+
+    monkeypatch.setattr(memory, "SPLIT_PAGES", 2)
+
+
+def test_passes_split_between_two_threads_give_what_one_thread_gives(monkeypatch):
+    # the collector's read, the copy's take, the D-bit clear and a guest's fresh records, each
+    # over a guest's pages in two halves at once (large guests): the same arrays as one pass
+    from pmlsim.ept import Ept
+    from pmlsim.verify import ConsumerCopy
+
+    def run():
+        rng = np.random.default_rng(5)
+        n = 5001
+        ept = Ept(n, [])
+        mem = GuestMemory(n, ept.records)
+        mem.version[:] = rng.integers(0, 4, n)
+        mem.last_time_ns[:] = rng.integers(0, 10**9, n)
+        ept.d_bit[:] = True
+        copy = ConsumerCopy.__new__(ConsumerCopy)
+        copy.version, copy._taken_ns_1 = rng.integers(0, 4, n), np.zeros(n, np.int64)
+        snap = mem.snapshot_newer(7, copy.version)
+        pages = np.flatnonzero(rng.random(n) < 0.4)
+        copy.take_now(pages, mem.version, 9)
+        ept.clear_d_bits(pages)
+        return [ept.records.copy(), snap.pages, snap.version, snap.last_time_ns, copy.version, copy._taken_ns_1]
+
+    one = run()
+    _split_everything(monkeypatch)
+    two = run()
+    assert len(one[1]) > 1000
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("consumer", ["collector", "migration"])
+def test_a_run_with_every_pass_split_gives_the_same_results(monkeypatch, consumer):
+    from pmlsim import CollectorConfig, GuestConfig, MigrationConfig, SimConfig, WorkloadConfig, simulate
+
+    config = SimConfig(
+        seed=8,
+        duration_ms=4,
+        guest=GuestConfig(memory_mib=8, vcpus=4),
+        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=5e6),
+        collector=CollectorConfig(enabled=consumer == "collector", interval_us=200),
+        migration=MigrationConfig(enabled=consumer == "migration", bandwidth_mbit_s=2000),
+    )
+    one = simulate(config).to_dict()
+    _split_everything(monkeypatch)
+    two = simulate(config).to_dict()
+    for r in (one, two):
+        r.pop("wall_time_s")
+        r.pop("sim_events")
+    assert one == two
+    assert one["dirty_pages_reported"] if consumer == "collector" else one["migration"]["total_pages_sent"]
