@@ -118,14 +118,16 @@ def test_passes_split_between_two_threads_give_what_one_thread_gives(monkeypatch
 
 @pytest.mark.parametrize("consumer", ["collector", "migration"])
 def test_a_run_with_every_pass_split_gives_the_same_results(monkeypatch, consumer):
-    from pmlsim import CollectorConfig, GuestConfig, MigrationConfig, SimConfig, WorkloadConfig, simulate
+    from pmlsim import CollectorConfig, GuestConfig, MigrationConfig, PmlConfig, SimConfig, WorkloadConfig, simulate
 
+    # sparse writes (a page's drain is its only mark) and small buffers (many drains)
     config = SimConfig(
         seed=8,
         duration_ms=4,
-        guest=GuestConfig(memory_mib=8, vcpus=4),
-        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=5e6),
-        collector=CollectorConfig(enabled=consumer == "collector", interval_us=200),
+        guest=GuestConfig(memory_mib=64, vcpus=4),
+        pml=PmlConfig(buffer_entries=32),
+        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=2e6),
+        collector=CollectorConfig(enabled=consumer == "collector", interval_us=300),
         migration=MigrationConfig(enabled=consumer == "migration", bandwidth_mbit_s=2000),
     )
     one = simulate(config).to_dict()
