@@ -20,6 +20,7 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from pmlsim.config import PAGE_SIZE, ConfigError, GuestConfig, SimConfig, WorkloadConfig
 from pmlsim.ept import page_table_pages
@@ -69,11 +70,8 @@ class RandomStream(WriteStream):
     def next_chunk(self):
         if math.isinf(self.mean_gap_ns):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)  # an idle vCPU writes nothing
-        rng = self.rng
-        gaps = rng.exponential(self.mean_gap_ns, CHUNK)
-        t = self._t + np.cumsum(gaps)
-        self._t = float(t[-1])
-        times = t.astype(np.int64)  # truncation: the floor of these positive times
+        gaps = self.rng.exponential(self.mean_gap_ns, CHUNK)
+        times, self._t = _times(gaps, self._t)
         return times, self.start + self._pages(CHUNK)
 
     def _pages(self, n: int) -> np.ndarray:
@@ -82,10 +80,12 @@ class RandomStream(WriteStream):
             return rng.integers(0, pages, n, dtype=np.int64)
         if kind == "hotcold":
             hot = max(1, int(pages * self.w.hot_fraction))
-            is_hot = rng.random(n) < self.w.hot_write_fraction
+            u = rng.random(n)
             hot_pages = rng.integers(0, hot, n, dtype=np.int64)
-            cold_pages = hot + rng.integers(0, max(pages - hot, 1), n, dtype=np.int64) if pages > hot else hot_pages
-            return np.where(is_hot, hot_pages, cold_pages)
+            if pages <= hot:
+                return hot_pages
+            cold = rng.integers(0, pages - hot, n, dtype=np.int64)
+            return _hot_or_cold(u, self.w.hot_write_fraction, hot_pages, hot, cold)
         if kind == "zipf":
             # continuous inverse-CDF approximation of a Zipf law over ranks 1..pages
             s, u = self.w.zipf_s, rng.random(n)
@@ -100,6 +100,29 @@ class RandomStream(WriteStream):
         out = (self._seq + np.arange(n, dtype=np.int64)) % pages
         self._seq = int((self._seq + n) % pages)
         return out
+
+
+@njit(cache=True, nogil=True)
+def _times(gaps, t0):
+    """Integer write times: ``t0`` plus the running sum of ``gaps``, truncated (the floor of
+    these positive times), and the last time unrounded. ``(t0 + np.cumsum(gaps)).astype(int64)``
+    in one compiled pass: the same additions in the same order, so the same times."""
+    times = np.empty(len(gaps), np.int64)
+    acc = 0.0
+    for i in range(len(gaps)):
+        acc += gaps[i]
+        times[i] = np.int64(t0 + acc)
+    return times, t0 + acc
+
+
+@njit(cache=True, nogil=True)
+def _hot_or_cold(u, hot_write_fraction, hot_pages, hot, cold):
+    """Each write's page: its hot page when its uniform draw ``u`` is below the hot fraction,
+    else its cold page (after the ``hot`` hot ones); ``np.where`` in one compiled pass."""
+    out = np.empty(len(u), np.int64)
+    for i in range(len(u)):
+        out[i] = hot_pages[i] if u[i] < hot_write_fraction else hot + cold[i]
+    return out
 
 
 class ChunkPrefetcher:

@@ -176,3 +176,28 @@ def test_a_simulation_leaves_no_thread_drawing_writes():
     before = threading.active_count()
     simulate(SimConfig(duration_ms=0.2, **COLLECTOR))
     assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("kind", ["uniform", "hotcold"])
+def test_generated_chunks_are_numpys_draws_chunk_after_chunk(kind):
+    # the times and pages are post-processed in compiled passes; they must stay exactly what
+    # numpy's cumsum, astype and where give from the same draws (results depend on every bit)
+    w = WorkloadConfig(kind=kind, hot_fraction=0.05, hot_write_fraction=0.95)
+    cfg = SimConfig(seed=11, guest=GuestConfig(memory_mib=64, vcpus=2), workload=w)
+    stream = make_streams(cfg)[1]
+    rng = np.random.default_rng(np.random.SeedSequence(11).spawn(2)[1])
+    start, pages = regions(cfg.guest, "partitioned")[1][0], stream.pages
+    t0 = 0.0
+    for _ in range(3):
+        times, gfns = stream.next_chunk()
+        t = t0 + np.cumsum(rng.exponential(stream.mean_gap_ns, len(times)))
+        t0 = float(t[-1])
+        if kind == "uniform":
+            want = rng.integers(0, pages, len(times), dtype=np.int64)
+        else:
+            hot = int(pages * 0.05)
+            is_hot = rng.random(len(times)) < 0.95
+            hot_pages = rng.integers(0, hot, len(times), dtype=np.int64)
+            want = np.where(is_hot, hot_pages, hot + rng.integers(0, pages - hot, len(times), dtype=np.int64))
+        np.testing.assert_array_equal(times, t.astype(np.int64))
+        np.testing.assert_array_equal(gfns, start + want)
