@@ -226,6 +226,9 @@ class GuestMemory:
         self.last_vcpu = self.pages["last_vcpu"]
         self.last_time_ns = self.pages["last_time_ns"]
         self.last_kind = self.pages["last_kind"]
+        #: where the second half of a split :meth:`snapshot_newer` puts its pages before they
+        #: join the first half's (scratch, reused by every call)
+        self._upper: tuple[np.ndarray, ...] | None = None
 
     def retire_one(self, gfn: int, vcpu: int, t_ns: int, kind: int) -> None:
         self.version[gfn] += 1
@@ -243,10 +246,10 @@ class GuestMemory:
         # the fields are views of ``rec``
         return MemorySnapshot(t_ns, rec["version"], rec["last_vcpu"], rec["last_time_ns"], rec["last_kind"], pages)
 
-    def newer_buffers(self) -> tuple[np.ndarray, ...]:
-        """Arrays for :meth:`snapshot_newer` to fill (room for every page; the OS maps only the
-        part that is written)."""
-        n = len(self.pages)
+    def newer_buffers(self, n: int | None = None) -> tuple[np.ndarray, ...]:
+        """Arrays for :meth:`snapshot_newer` to fill (room for every page, or ``n``; the OS maps
+        only the part that is written)."""
+        n = len(self.pages) if n is None else n
         return tuple(zeros(n, dtype) for dtype in (np.int64, np.int64, np.int16, np.int64, np.int8))
 
     def snapshot_newer(self, t_ns: int, than: np.ndarray, into: tuple[np.ndarray, ...] | None = None) -> MemorySnapshot:
@@ -261,15 +264,17 @@ class GuestMemory:
         n = len(self.pages)
         if not splits(n):
             k = _newer_into(self.pages, than, 0, *into)
-        else:  # each half fills its own part of the arrays; the second's then follows the first's
+        else:  # the second half's pages in scratch arrays, then after the first half's
             h = n // 2
+            if self._upper is None:
+                self._upper = self.newer_buffers(n - h)
             k1, k2 = in_two(
                 _newer_into,
                 (self.pages[:h], than[:h], 0, *into),
-                (self.pages[h:], than[h:], h, *(a[h:] for a in into)),
+                (self.pages[h:], than[h:], h, *self._upper),
             )
-            for a in into:
-                a[k1 : k1 + k2] = a[h : h + k2]
+            for a, b in zip(into, self._upper, strict=True):
+                a[k1 : k1 + k2] = b[:k2]
             k = k1 + k2
         pages, version, last_vcpu, last_time_ns, last_kind = (a[:k] for a in into)
         return MemorySnapshot(t_ns, version, last_vcpu, last_time_ns, last_kind, pages)
