@@ -65,13 +65,17 @@ class ConsumerCopy:
         self.memory = memory
         self.trace = trace
         n = len(memory.version)
-        # zeros come from the OS untouched, in huge pages (memory.zeros): a large guest's copy costs
-        # nothing up front
-        self.version = zeros(n, np.int64) if initial_version == 0 else np.full(n, initial_version, np.int64)
-        # Both kept plus one, so that they start as zeros the OS maps lazily, like the copy (a
-        # 16 GiB guest: 64 MB not written up front): when each page was last taken (0: never),
-        # and the highest version already reported lost (0: none)
-        self._taken_ns_1 = zeros(n, np.int64)
+        # zeros come from the OS, in huge pages (memory.zeros): a large guest's copy costs nothing
+        # up front; it and when each page was taken are written all over (every collected page),
+        # so the helper thread maps them in the background
+        if initial_version == 0:
+            self.version = zeros(n, np.int64, populate=True)
+        else:
+            self.version = np.full(n, initial_version, np.int64)
+        # Both kept plus one, so that they start as zeros, like the copy (a 16 GiB guest: 64 MB
+        # not written up front): when each page was last taken (0: never), and the highest
+        # version already reported lost (0: none; written for lost pages only, so left lazy)
+        self._taken_ns_1 = zeros(n, np.int64, populate=True)
         self._reported = zeros(n, np.int64)
         #: GFNs in PML buffers at the last two bitmap reads (to explain late or lost pages)
         self._in_flight: list[np.ndarray] = []

@@ -138,3 +138,12 @@ def test_a_run_with_every_pass_split_gives_the_same_results(monkeypatch, consume
         r.pop("sim_events")
     assert one == two
     assert one["dirty_pages_reported"] if consumer == "collector" else one["migration"]["total_pages_sent"]
+
+
+def test_zeros_mapped_in_the_background_keep_what_is_written_meanwhile():
+    from pmlsim.memory import _helper_thread
+
+    a = zeros(HUGE_RECORDS_BYTES // 8 * 2, np.int64, populate=True)
+    a[::1000] = 7  # while the helper thread may be mapping it
+    _helper_thread().submit(lambda: None).result()  # the mapping is done
+    assert (a[::1000] == 7).all() and a.sum() == 7 * len(a[::1000])
