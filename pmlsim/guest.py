@@ -645,16 +645,16 @@ class Guest:
         if defer:
             # the limit is the horizon: each lane plans and commits on its own, in one pass
             gfns_at = self._deferred_gfns(vcs, takes, starts, G)
-            self._commit_lanes(vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon)
+            rows = self._commit_lanes(vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon)
             if self._read_log is not None:
                 self._log_reads(G, eff2, starts_a, results[lanes.STOP])
             out = []
-            stop, first_wp = results[lanes.STOP], results[lanes.FIRST_WP]
-            for lane in np.flatnonzero(results[lanes.DEFERRED] >= 0).tolist():
-                p = int(stop[lane])
-                reason = VmExit.EPT_VIOLATION if p == first_wp[lane] else exit_reason
-                gfn = gfns_at(lane, p)
-                out.append((vcs[lane].index, reason, gfn, int(results[lanes.DEFERRED, lane])))
+            stop, first_wp = rows[lanes.STOP], rows[lanes.FIRST_WP]
+            for lane, start in enumerate(rows[lanes.DEFERRED]):
+                if start >= 0:
+                    p = stop[lane]
+                    reason = VmExit.EPT_VIOLATION if p == first_wp[lane] else exit_reason
+                    out.append((vcs[lane].index, reason, gfns_at(lane, p), start))
             return int(horizon), None, out
         free = np.array([vc.pml.free for vc in vcs], dtype=np.int64)
         self._wid += 1
@@ -816,7 +816,7 @@ class Guest:
         index); ``starts``: where each lane starts in the window (a list; ``starts_a``: the same
         as an array); ``G``: the window's GFNs in one array, or None (only with PML, untraced).
         ``horizon``: plan and commit each lane in one pass up to it (``results`` gets the
-        stops); otherwise the stops are in ``results`` already."""
+        stops); otherwise the stops are in ``results`` already. Returns ``results`` as lists."""
         ept, hv, L = self.ept, self.vcpus[0].hv, len(vcs)
         size = vcs[0].pml.size
         n = starts[-1]
@@ -840,7 +840,9 @@ class Guest:
             if nx:
                 hv.dirty_log.mark(G[ex_rec[:, 0]])
             reason = VmExit.EPT_VIOLATION
-        n_logged, n_exits, last_end, _, stops, _ = results.tolist()
+        rows = results.tolist()
+        n_logged, n_exits, last_end = rows[lanes.N_LOGGED], rows[lanes.N_EXITS], rows[lanes.LAST_EXIT_END]
+        stops = rows[lanes.STOP]
         idxs = table[:, lanes.PML_INDEX].tolist()
         for lane, vc in enumerate(vcs):
             k = n_exits[lane]
@@ -852,6 +854,7 @@ class Guest:
             self._retired(vc, stops[lane] - starts[lane], n_logged[lane], idxs[lane])
         if trace:
             self._trace_lanes(vcs, starts_a, ex_rec, log_rec[:nl], drained_gfn, eff2, G, c, reason)
+        return rows
 
     def _trace_lanes(self, vcs, starts, ex_rec, log_rec, drained_gfn, eff2, G, c, reason):
         """Trace a window's inlined exits (vm_exit, the flush with its entries, vm_entry) and
