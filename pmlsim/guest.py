@@ -639,7 +639,8 @@ class Guest:
         starts_a = np.array(starts, np.int64)
         size = vcs[0].pml.size
         c = hv.pml_full_exit_ns(size) if self.pml_enabled else hv.write_fault_exit_ns()
-        eff2 = self._scratch("eff2", n)
+        # each write's time, for the reads logged and a plan (None: read by nobody, not written)
+        eff2 = None if in_place else self._scratch("eff2", n)
         identity = ept.identity()
         exit_reason = VmExit.PML_FULL if self.pml_enabled else VmExit.EPT_VIOLATION
         if defer:

@@ -254,11 +254,12 @@ def commit(
     (exits, drained entries, logged-write records, sum and largest of the drained entries' ages:
     exit start minus log time).
 
-    Four arguments may be None, which turns a part off when the kernel is compiled (numba
+    Five arguments may be None, which turns a part off when the kernel is compiled (numba
     compiles one version per combination and prunes the branches, ``x is None``, that test
     them; as runtime flags they cost 8 % of the kernel's time, docs/performance.md):
     ``leaf_of_gfn`` (every GFN is its own 4 KiB leaf), ``pml_gpa`` and ``pml_time`` (no PML:
-    write protection), ``log_rec`` (no trace), ``horizon`` (not fused).
+    write protection), ``log_rec`` (no trace), ``horizon`` (not fused), and, fused, ``eff2``
+    (nobody reads the writes' times afterwards).
 
     Fused (a ``horizon``: plan and commit in one pass, when the limit is the horizon whatever
     the other lanes do): each write's time is its guest time plus the lane's ``OFFSET`` plus its exits so
@@ -312,9 +313,10 @@ def commit(
                         break
                     shift += c
                     t += c
-                eff2[i] = t
+                if eff2 is not None:
+                    eff2[i] = t
             else:
-                t = eff2[i]
+                t = eff2[i] if eff2 is not None else 0  # (not fused: always an array)
             kind = DIRTY_SUPER if leaf >= n_pages else DIRTY_4K
             if pml_gpa is not None:
                 if not rl.d_bit:
