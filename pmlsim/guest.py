@@ -40,7 +40,7 @@ from pmlsim.ept import NO_LEAVES, Ept, walk_gfns
 from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory, first_occurrence, stable_order
 from pmlsim.pml import PmlArea, hdbss_entries
 from pmlsim.trace import Trace
-from pmlsim.vcpu import Vcpu, VmExit
+from pmlsim.vcpu import State, Vcpu, VmExit
 from pmlsim.workloads import ChunkPrefetcher, WriteStream
 
 #: SimPy priority of a guest write: after URGENT (0) and NORMAL (1) events at the same time
@@ -135,6 +135,9 @@ class Guest:
         self._blocked = [False] * nv
         #: the limit of the current window with deferred exits (0: none), which catch-ups reach
         self._defer_until = 0
+        #: vCPUs whose lane a window retired past the end of their exit beside the lanes, with
+        #: what their re-entry must not undo: (the inline exits' total cost, the last one's end)
+        self._ahead: dict[int, tuple[int, int | None]] = {}
         #: that window's writes to the pages it reads, the pages, and its start (or None)
         self._read_log: tuple[list, np.ndarray, int] | None = None
 
@@ -557,8 +560,11 @@ class Guest:
         hv = self.vcpus[0].hv
         ept = self.ept
         main = running is None  # not a lane's catch-up
+        ahead = {}
         if main:
-            running = [vc for vc in self.vcpus if vc.running]
+            if defer and self._internal:
+                ahead = self._returning(horizon)
+            running = [vc for vc in self.vcpus if vc.running or vc.index in ahead]
         # each lane: (vCPU, first pending write, writes there, writes in the next chunk, offset)
         takes = []
         batch = MAX_BATCH
@@ -566,7 +572,9 @@ class Guest:
             v = vc.index
             t, nxt = self._lane_pending(v, batch + 1)
             p = self._pos[v]
-            off = vc.base_sim_ns - vc.base_guest_ns  # guest time to simulated time, at full speed
+            # guest time to simulated time, at full speed (a returning vCPU's clock restarts at
+            # its exit's end)
+            off = (ahead[v] if v in ahead else vc.base_sim_ns) - vc.base_guest_ns
             if nxt is not None:  # the lane's write number ``batch`` is in its next chunk
                 last = int(nxt[0][batch - len(t)])
                 if last == t[0]:  # more than a batch in one nanosecond: joined, as below (rare)
@@ -585,6 +593,7 @@ class Guest:
                 takes.append((vc, p, min(len(t), want), 0, off))
             else:
                 takes.append((vc, p, len(t), batch - len(t), off))
+        ahead = {v for v, end in ahead.items() if end < horizon}  # (the others retire nothing)
         if defer and main and self._reads:
             self._open_read_log(horizon)  # the limit is the horizon
         # Each lane's writes up to its batch bound: every write before the horizon is among them
@@ -646,7 +655,7 @@ class Guest:
         if defer:
             # the limit is the horizon: each lane plans and commits on its own, in one pass
             gfns_at = self._deferred_gfns(vcs, takes, starts, G)
-            rows = self._commit_lanes(vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon)
+            rows = self._commit_lanes(vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon, ahead)
             if self._read_log is not None:
                 self._log_reads(G, eff2, starts_a, results[lanes.STOP])
             out = []
@@ -770,11 +779,39 @@ class Guest:
         windows of the 1 GiB, 16-vCPU benchmark."""
         self._beside_lanes(v, proc)
 
+    def _returning(self, horizon: int) -> dict[int, int]:
+        """The vCPUs in an exit beside the lanes that ends before ``horizon``, with its end:
+        their lanes can join the window from there. Their exit's end does nothing but re-enter
+        the guest (no pause can be requested inside the window, which ends at the next event
+        that is not the lanes'), so their writes after it retire as if the vCPU had re-entered,
+        and :meth:`_deferred_done` then puts back the clock shift of their inline exits."""
+        inside = set(self._internal.values())
+        return {
+            vc.index: vc.exit_end_ns
+            for vc in self.vcpus
+            if vc.index in inside
+            and vc.state is State.IN_EXIT
+            and vc.exit_end_ns < horizon
+            and vc.speed_pct == 100
+            and not vc.pause_requested
+        }
+
     def _deferred_done(self, proc) -> None:
         """A deferred exit is over (the vCPU re-entered, or was paused): catch its lane up, after
-        the other events of this ns."""
+        the other events of this ns; or, when a window has retired its lane from here already,
+        give its clock the shift of that lane's inline exits."""
         v = self._internal.pop(proc)
-        self._at(self.env.now).callbacks.append(lambda _ev: self._catch_up(v))
+        done = self._ahead.pop(v, None)
+        if done is None:
+            self._at(self.env.now).callbacks.append(lambda _ev: self._catch_up(v))
+            return
+        vc = self.vcpus[v]
+        if not vc.running:  # (the window's limit is the next event that could pause it)
+            raise RuntimeError(f"vCPU {v} retired past an exit that did not re-enter the guest")
+        shift, last_end = done
+        vc.base_sim_ns += shift
+        if last_end is not None:
+            vc.resume_floor_ns = last_end
 
     def _catch_up(self, v: int) -> None:
         """Retire vCPU ``v``'s writes up to the current window's limit, which the other lanes
@@ -810,14 +847,15 @@ class Guest:
             buf = self._buffers[name] = np.empty(max(n, 2 * len(buf) if buf is not None else n), np.int64)
         return buf[:n]
 
-    def _commit_lanes(self, vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon=None):
+    def _commit_lanes(self, vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon=None, ahead=()):
         """Retire the lanes' writes up to their stops, with the exits among them (compiled), then
         account for them: vCPU counters and clocks, drained entries, trace events. ``table``:
         the lanes (``pmlsim.lanes``: where each one's writes are, its offset, vCPU and PML
         index); ``starts``: where each lane starts in the window (a list; ``starts_a``: the same
         as an array); ``G``: the window's GFNs in one array, or None (only with PML, untraced).
         ``horizon``: plan and commit each lane in one pass up to it (``results`` gets the
-        stops); otherwise the stops are in ``results`` already. Returns ``results`` as lists."""
+        stops); otherwise the stops are in ``results`` already. ``ahead``: vCPUs still in an
+        exit whose lanes start at its end (:meth:`_returning`). Returns ``results`` as lists."""
         ept, hv, L = self.ept, self.vcpus[0].hv, len(vcs)
         size = vcs[0].pml.size
         n = starts[-1]
@@ -847,11 +885,14 @@ class Guest:
         idxs = table[:, lanes.PML_INDEX].tolist()
         for lane, vc in enumerate(vcs):
             k = n_exits[lane]
+            if vc.index in ahead:  # its re-entry sets its clock: these apply after it
+                self._ahead[vc.index] = (k * c, last_end[lane] if k else None)
+            elif k:
+                vc.base_sim_ns += k * c
+                vc.resume_floor_ns = last_end[lane]
             if k:
                 vc.exits[reason.value] += k
                 vc.stall_ns += k * c
-                vc.base_sim_ns += k * c
-                vc.resume_floor_ns = last_end[lane]
             self._retired(vc, stops[lane] - starts[lane], n_logged[lane], idxs[lane])
         if trace:
             self._trace_lanes(vcs, starts_a, ex_rec, log_rec[:nl], drained_gfn, eff2, G, c, reason)

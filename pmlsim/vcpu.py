@@ -58,6 +58,8 @@ class Vcpu:
         #: total ns spent out of guest mode; shifts generated writes later
         self.stall_ns = 0
         self._stopped_at = 0
+        #: when the exit in progress (or the last one) ends: its start plus its handler's cost
+        self.exit_end_ns = 0
         #: guest clock = base_guest_ns + (t - base_sim_ns) * speed_pct // 100 while running
         self.base_sim_ns = 0
         self.base_guest_ns = 0
@@ -113,6 +115,7 @@ class Vcpu:
     def _handle_exit(self, reason: VmExit, gfn: int, drain: bool):
         """The exit: the hypervisor's handler runs (its cost is the time spent in root mode)."""
         cost_ns = self.hv.handle_exit(self, reason, gfn, drain)
+        self.exit_end_ns = self.env.now + cost_ns
         yield self.env.timeout(cost_ns)
         if self.pause_requested:
             self._pause()

@@ -143,6 +143,40 @@ def test_kicked_vcpus_exit_beside_the_other_lanes_with_the_reference_results(mon
     assert windows[0] < windows[1] / 2
 
 
+def test_lanes_of_vcpus_returning_from_an_exit_join_the_next_window_with_the_reference_results(monkeypatch):
+    # A window that starts while a vCPU is in a kicked or deferred exit ending before the
+    # window's end retires that vCPU's lane from the exit's end (its clock's shift from inline
+    # exits is put back when it re-enters): the results stay the reference's, and almost no
+    # lane has to catch up on its own any more
+    config = SimConfig(
+        seed=29,
+        duration_ms=1,
+        guest=GuestConfig(memory_mib=16, vcpus=16),
+        pml=PmlConfig(buffer_entries=64),
+        workload=WorkloadConfig(kind="uniform", writes_per_s_per_vcpu=1e7),
+        collector=CollectorConfig(enabled=True, interval_us=20),
+        migration=MigrationConfig(enabled=False),
+    )
+    returning, catch_ups = [], []
+    real_returning, real_catch_up = Guest._returning, Guest._catch_up
+
+    def counted_returning(self, horizon):
+        out = real_returning(self, horizon)
+        returning.append(len(out))
+        return out
+
+    def counted_catch_up(self, v):
+        catch_ups.append(v)
+        return real_catch_up(self, v)
+
+    monkeypatch.setattr(Guest, "_returning", counted_returning)
+    monkeypatch.setattr(Guest, "_catch_up", counted_catch_up)
+    _untraced_events(config)
+    r = simulate(config)
+    exits_beside = r.exits["kick"] + r.exits["pml_full"]
+    assert sum(returning) > 100 and len(catch_ups) < exits_beside / 4
+
+
 class _UnevenChunks(WriteStream):
     """A vCPU's writes over its own pages in chunks of 8,192 writes, but for a short one (a lane
     joins it to what is pending) and a burst of 10,000 writes in one nanosecond spanning two
