@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from pmlsim.config import LEAF_PAGES
-from pmlsim.memory import fresh_records, in_two, splits
+from pmlsim.memory import fresh_records, in_halves
 
 LEAF_NAMES = {1: "4k", 512: "2m", 512 * 512: "1g"}
 
@@ -188,13 +188,12 @@ class Ept:
     def clear_d_bits(self, gfns: np.ndarray, write_protect: bool = False) -> None:
         """Re-arm logging for ``gfns``: clear the D bit of the leaves that map them (and write-
         protect them again without PML), in memory only: TLBs keep what they cached."""
-        gfns = np.asarray(gfns, np.int64)
-        args = (self.d_bit, self.w_bit, self.identity(), self.leaf_map())
-        if not splits(len(gfns)) or not self.identity():
-            _clear_leaf_bits(*args, gfns, write_protect)
-        else:  # each GFN its own leaf, and the GFNs (a bitmap's) distinct: the halves touch distinct records
-            h = len(gfns) // 2
-            in_two(_clear_leaf_bits, (*args, gfns[:h], write_protect), (*args, gfns[h:], write_protect))
+        identity = self.identity()
+        args = (np.asarray(gfns, np.int64), self.d_bit, self.w_bit, identity, self.leaf_map(), write_protect)
+        if identity:  # each GFN its own leaf, and the GFNs (a bitmap's) distinct: halves touch distinct records
+            in_halves(_clear_leaf_bits, *args)
+        else:  # (two GFNs of one superpage share its leaf)
+            _clear_leaf_bits(*args)
 
     def invept(self) -> None:
         """INVEPT (single context): every vCPU's cached EPT translations are dropped."""
@@ -217,7 +216,7 @@ def cached_mask(mask, mask_epoch, epoch):
 
 
 @njit(cache=True, nogil=True)
-def _clear_leaf_bits(d_bit, w_bit, identity, leaf_of_gfn, gfns, write_protect):
+def _clear_leaf_bits(gfns, d_bit, w_bit, identity, leaf_of_gfn, write_protect):
     """D = 0 (and W = 0) on the leaves mapping ``gfns``: one pass, no index array (the bits
     are strided views of the leaf records, where numpy's scatter is slow)."""
     for g in gfns:

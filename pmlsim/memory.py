@@ -123,6 +123,17 @@ def in_two(fn, first: tuple, second: tuple) -> tuple:
     return there, here
 
 
+def in_halves(fn, pages: np.ndarray, *rest) -> None:
+    """``fn(pages, *rest)``, over a large enough ``pages`` (:func:`splits`) as two calls at
+    once, one per half (:func:`in_two`): for passes whose pages are distinct, each writing only
+    what belongs to its own pages."""
+    if not splits(len(pages)):
+        fn(pages, *rest)
+        return
+    h = len(pages) // 2
+    in_two(fn, (pages[:h], *rest), (pages[h:], *rest))
+
+
 #: records at or above this size are placed in a mapping of their own, backed by 2 MiB pages
 HUGE_RECORDS_BYTES = 4 << 20
 _HUGE_PAGE = 2 << 20
@@ -229,12 +240,7 @@ def fresh_records(n: int) -> np.ndarray:
     # written as 64-bit words in one pass (a third faster than field by field at 16 GiB); a
     # large guest's in two halves at once, each faulting in its own pages (16 GiB: 46-173
     # against 17-85 ms)
-    words, template_words = records.view(np.uint64).reshape(n, RECORD.itemsize // 8), template.view(np.uint64)
-    if not splits(n):
-        _fill_words(words, template_words)
-    else:
-        h = n // 2
-        in_two(_fill_words, (words[:h], template_words), (words[h:], template_words))
+    in_halves(_fill_words, records.view(np.uint64).reshape(n, RECORD.itemsize // 8), template.view(np.uint64))
     return records
 
 
