@@ -560,11 +560,11 @@ class Guest:
         hv = self.vcpus[0].hv
         ept = self.ept
         main = running is None  # not a lane's catch-up
-        ahead = {}
+        returning = {}
         if main:
             if defer and self._internal:
-                ahead = self._returning(horizon)
-            running = [vc for vc in self.vcpus if vc.running or vc.index in ahead]
+                returning = self._returning(horizon)
+            running = [vc for vc in self.vcpus if vc.running or vc.index in returning]
         # each lane: (vCPU, first pending write, writes there, writes in the next chunk, offset)
         takes = []
         batch = MAX_BATCH
@@ -574,7 +574,7 @@ class Guest:
             p = self._pos[v]
             # guest time to simulated time, at full speed (a returning vCPU's clock restarts at
             # its exit's end)
-            off = (ahead[v] if v in ahead else vc.base_sim_ns) - vc.base_guest_ns
+            off = returning.get(v, vc.base_sim_ns) - vc.base_guest_ns
             if nxt is not None:  # the lane's write number ``batch`` is in its next chunk
                 last = int(nxt[0][batch - len(t)])
                 if last == t[0]:  # more than a batch in one nanosecond: joined, as below (rare)
@@ -593,7 +593,7 @@ class Guest:
                 takes.append((vc, p, min(len(t), want), 0, off))
             else:
                 takes.append((vc, p, len(t), batch - len(t), off))
-        ahead = {v for v, end in ahead.items() if end < horizon}  # (the others retire nothing)
+        ahead = {v for v, end in returning.items() if end < horizon}  # (the others retire nothing)
         if defer and main and self._reads:
             self._open_read_log(horizon)  # the limit is the horizon
         # Each lane's writes up to its batch bound: every write before the horizon is among them
@@ -602,11 +602,8 @@ class Guest:
         # unless the window needs them in one array afterwards: pages read, write faults, a trace.
         in_place = defer and self.pml_enabled and self._read_log is None and not self.trace.enabled
         E = G = None
-        if in_place:
-            lens = [n_a + n_b for _, _, n_a, n_b, _ in takes]
-        else:  # only the writes before the horizon are copied
+        if not in_place:  # only the writes before the horizon are copied
             takes = [self._before(horizon, *take) for take in takes]
-            lens = [n_a + n_b for _, _, n_a, n_b, _ in takes]
             effs, gs = [], []
             for vc, p, n_a, n_b, _ in takes:
                 v = vc.index
@@ -618,10 +615,11 @@ class Guest:
             if len(effs) == 1:
                 E, G = effs[0], gs[0]
             elif effs:  # into reused buffers: a fresh one would be mapped, faulted in and unmapped each time
-                E = np.concatenate(effs, out=self._scratch("E", sum(lens)))
+                E = np.concatenate(effs, out=self._scratch("E", sum(map(len, effs))))
                 G = np.concatenate(gs, out=self._scratch("G", len(E)))
             if E is not None and len(E):
                 E_at, G_at = lanes.address(E), lanes.address(G)
+        lens = [n_a + n_b for _, _, n_a, n_b, _ in takes]
         vcs, rows, starts, n = [], [], [0], 0
         for (vc, p, n_a, n_b, off), k in zip(takes, lens, strict=True):
             if not k:
@@ -654,7 +652,6 @@ class Guest:
         exit_reason = VmExit.PML_FULL if self.pml_enabled else VmExit.EPT_VIOLATION
         if defer:
             # the limit is the horizon: each lane plans and commits on its own, in one pass
-            gfns_at = self._deferred_gfns(vcs, takes, starts, G)
             rows = self._commit_lanes(vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon, ahead)
             if self._read_log is not None:
                 self._log_reads(G, eff2, starts_a, results[lanes.STOP])
@@ -664,7 +661,7 @@ class Guest:
                 if start >= 0:
                     p = stop[lane]
                     reason = VmExit.EPT_VIOLATION if p == first_wp[lane] else exit_reason
-                    out.append((vcs[lane].index, reason, gfns_at(lane, p), start))
+                    out.append((vcs[lane].index, reason, rows[lanes.DEFERRED_GFN][lane], start))
             return int(horizon), None, out
         free = np.array([vc.pml.free for vc in vcs], dtype=np.int64)
         self._wid += 1
@@ -707,23 +704,6 @@ class Guest:
         if at is None:
             at = self._at_next[v] = (lanes.address(self._next[v][0]), lanes.address(self._next[v][1]))
         return at
-
-    def _deferred_gfns(self, vcs, takes, starts, G):
-        """``gfn(lane, i)``: the GFN of the window's write ``i`` (of lane ``lane``), read before
-        the lanes retire (which moves their pending writes on)."""
-        if G is not None:
-            return lambda lane, i: int(G[i])
-        where = {}
-        for vc, p, n_a, n_b, _ in takes:
-            v = vc.index
-            where[v] = (self._g[v], p, n_a, self._next[v][1] if n_b else None)
-
-        def gfn(lane: int, i: int) -> int:
-            g, p, n_a, rest = where[vcs[lane].index]
-            j = i - starts[lane]
-            return int(g[p + j] if j < n_a else rest[j - n_a])
-
-        return gfn
 
     # ------------------------------------------------------------ fast engine, deferred exits
     # A lane's exit still running at the window's limit need not cut the other lanes: it

@@ -44,9 +44,10 @@ TIMES_AT, GFNS_AT, FIRST_PART, REST_TIMES_AT, REST_GFNS_AT, OFFSET, VCPU, PML_IN
 LANE_FIELDS = 8
 # The rows of :func:`commit`'s results (int64, a column per lane, zeroed by the caller):
 # logged writes, exits, when the last inline exit ended, the write that faults (else the lane's
-# end), where the lane stopped, and when its deferred exit starts (-1: none).
-N_LOGGED, N_EXITS, LAST_EXIT_END, FIRST_WP, STOP, DEFERRED = range(6)
-RESULTS = 6
+# end), where the lane stopped, when its deferred exit starts (-1: none) and the GFN of the
+# write that takes it.
+N_LOGGED, N_EXITS, LAST_EXIT_END, FIRST_WP, STOP, DEFERRED, DEFERRED_GFN = range(7)
+RESULTS = 7
 
 
 @intrinsic
@@ -262,11 +263,12 @@ def commit(
     (nobody reads the writes' times afterwards).
 
     Fused (a ``horizon``: plan and commit in one pass, when the limit is the horizon whatever
-    the other lanes do): each write's time is its guest time plus the lane's ``OFFSET`` plus its exits so
-    far (``eff2`` is filled), and each lane stops by itself at its first write at or past the
-    horizon, or at an exit or fault starting before it and not over there (``DEFERRED``: its
-    start, -1 for none; a fault's write in ``FIRST_WP``, else the lane's end); ``STOP`` is
-    filled. Otherwise ``eff2`` and ``STOP`` come from :func:`plan`."""
+    the other lanes do): each write's time is its guest time plus the lane's ``OFFSET`` plus its
+    exits so far (``eff2``, when given, is filled), and each lane stops by itself at its first
+    write at or past the horizon, or at an exit or fault starting before it and not over there
+    (``DEFERRED``: its start, -1 for none, and ``DEFERRED_GFN`` its write's GFN; a fault's write
+    in ``FIRST_WP``, else the lane's end); ``STOP`` is filled. Otherwise ``eff2`` and ``STOP``
+    come from :func:`plan`."""
     nd, nx, nl = 0, 0, 0
     age_sum, age_max = 0, 0
     stops, first_wp, deferred = results[STOP], results[FIRST_WP], results[DEFERRED]
@@ -304,12 +306,14 @@ def commit(
                 if not rl.w_bit and not held and (pml_gpa is not None or leaf >= n_pages):
                     stops[lane] = i  # split-on-write superpage (or any fault under PML): a SimPy exit
                     deferred[lane] = t
+                    results[DEFERRED_GFN, lane] = g
                     first_wp[lane] = i
                     break
                 if (not rl.w_bit and not held) or (pml_gpa is not None and not rl.d_bit and not held and idx < 0):
                     if t + c >= horizon:
                         stops[lane] = i  # an exit still running at the horizon: a SimPy exit
                         deferred[lane] = t
+                        results[DEFERRED_GFN, lane] = g
                         break
                     shift += c
                     t += c
