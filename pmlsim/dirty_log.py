@@ -4,6 +4,7 @@ the same drains, so that no consumer can take another's dirty state; and KVM's d
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from pmlsim.memory import zeros
 
@@ -15,13 +16,29 @@ class DirtyBitmap:
         self.bits = zeros(n_pages, np.bool_)
 
     def mark(self, gfns: np.ndarray) -> None:
-        self.bits[gfns] = True
+        bad = _set_bits(self.bits, np.asarray(gfns, dtype=np.int64))
+        if bad >= 0:
+            raise IndexError(f"dirty bitmap: GFN {int(gfns[bad])} outside 0..{len(self.bits) - 1}")
 
     def read_and_clear(self) -> np.ndarray:
         """Snapshot the set GFNs and clear them (KVM's xchg per word; Xen's CLEAN)."""
         gfns = np.flatnonzero(self.bits)  # (numpy's is branchless: two compiled halves at once took longer)
         self.bits.fill(False)  # every set bit was read: a memset, not a scatter over them
         return gfns
+
+
+@njit(cache=True, nogil=True)
+def _set_bits(bits, gfns):
+    """``bits[gfns] = True`` in one compiled pass (numpy's scatter took 4.3 ns per entry in
+    the 1 GiB benchmark, the bitmap's share of a collection); returns the index of the first
+    GFN outside ``bits`` (nothing set from it on), or -1."""
+    n = len(bits)
+    for i in range(len(gfns)):
+        g = gfns[i]
+        if g < 0 or g >= n:
+            return i
+        bits[g] = True
+    return -1
 
 
 class DirtyLog:

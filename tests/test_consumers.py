@@ -124,6 +124,15 @@ def test_marks_reach_every_view_at_its_read_and_only_views_that_existed():
     assert log.read_and_clear("checkpoint").tolist() == [5]
 
 
+def test_a_mark_outside_the_guest_names_the_gfn_and_the_range():
+    log = DirtyLog(16)
+    log.view("migration")
+    for bad in (16, -1):
+        log.mark(np.array([2, bad, 3]))
+        with pytest.raises(IndexError, match=rf"GFN {bad} outside 0\.\.15"):
+            log.read_and_clear("migration")
+
+
 def test_waiting_marks_never_exceed_one_per_guest_page():
     log = DirtyLog(16)
     log.view("migration")
