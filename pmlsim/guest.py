@@ -41,12 +41,17 @@ from pmlsim.memory import DIRTY_4K, DIRTY_SUPER, LOGGED, STALE_TLB, GuestMemory,
 from pmlsim.pml import PmlArea, hdbss_entries
 from pmlsim.trace import Trace
 from pmlsim.vcpu import State, Vcpu, VmExit
-from pmlsim.workloads import ChunkPrefetcher, WriteStream
+from pmlsim.workloads import CHUNK, ChunkPrefetcher, WriteStream
 
 #: SimPy priority of a guest write: after URGENT (0) and NORMAL (1) events at the same time
 WRITE_PRIORITY = 2
-#: most writes one vCPU contributes to a window (bounds work per window, never changes results)
-MAX_BATCH = 8192
+#: stream chunks (``workloads.CHUNK`` writes) joined into each chunk the engine takes: longer
+#: batches, fewer windows (1 GiB, 16 vCPUs, 200 ms: 471 → 347; four made the 64-vCPU rows
+#: slower, their drawing thread being the bottleneck; docs/performance.md)
+JOINED_CHUNKS = 2
+#: most writes one vCPU contributes to a window (bounds work per window, never changes results);
+#: at most one chunk, so that a lane's batch is always among its pending writes and next chunk
+MAX_BATCH = JOINED_CHUNKS * CHUNK
 #: "no event scheduled" as an integer time
 NO_EVENT = np.iinfo(np.int64).max
 #: bits for a window-relative time in a (gfn, time) sort key; windows are shorter than this
@@ -266,7 +271,7 @@ class Guest:
         if self._exhausted[v]:
             return None
         if self._chunks is None:
-            self._chunks = ChunkPrefetcher(self.streams)
+            self._chunks = ChunkPrefetcher(self.streams, join=JOINED_CHUNKS)
         t, g = self._chunks.next_chunk(v)
         if len(t) == 0:
             self._exhausted[v] = True

@@ -134,11 +134,15 @@ class ChunkPrefetcher:
     engine needs a chunk nobody is drawing yet, it draws it itself rather than wait (drawing
     hot/cold writes can take longer than retiring them: a 32 GiB variant of the end-to-end
     benchmark waited 11 s of 36 s for chunks). :meth:`close` stops the thread; an error while drawing is
-    raised by :meth:`next_chunk`."""
+    raised by :meth:`next_chunk`.
 
-    def __init__(self, streams: list[WriteStream], depth: int = 2):
+    ``join``: each chunk handed out is that many of the stream's chunks, drawn in turn and joined
+    (fewer at its end), so that the engine can take longer batches; the writes are the same."""
+
+    def __init__(self, streams: list[WriteStream], depth: int = 2, join: int = 1):
         self.streams = streams
         self.depth = depth
+        self.join = join
         self._ready: list[deque] = [deque() for _ in streams]
         self._ended = [False] * len(streams)  # the stream returned its empty chunk
         self._busy = [False] * len(streams)  # a thread is drawing the stream's next chunk
@@ -158,16 +162,25 @@ class ChunkPrefetcher:
         return best
 
     def _draw_one(self, v: int) -> None:
-        """Draw stream ``v``'s next chunk, with the lock held on entry and on return."""
+        """Draw stream ``v``'s next chunk (``join`` of the stream's), with the lock held on entry
+        and on return."""
         self._busy[v] = True
         self._cond.release()  # outside the lock: the engine (or the worker) goes on
         try:
-            chunk = self.streams[v].next_chunk()
+            parts = [self.streams[v].next_chunk()]
+            while len(parts) < self.join and len(parts[-1][0]):
+                parts.append(self.streams[v].next_chunk())
         finally:
             self._cond.acquire()
             self._busy[v] = False
-        self._ready[v].append(chunk)
-        self._ended[v] = len(chunk[0]) == 0
+        end = parts.pop() if len(parts[-1][0]) == 0 else None  # the stream's empty last chunk
+        if len(parts) == 1:
+            self._ready[v].append(parts[0])
+        elif parts:
+            self._ready[v].append((np.concatenate([t for t, _ in parts]), np.concatenate([g for _, g in parts])))
+        if end is not None:
+            self._ready[v].append(end)
+        self._ended[v] = end is not None
         self._cond.notify_all()
 
     def _draw(self) -> None:

@@ -143,6 +143,24 @@ def test_prefetched_chunks_come_in_each_streams_order_and_stop_at_its_end():
         pf.close()
 
 
+@pytest.mark.parametrize("depth", [0, 2])
+def test_joined_chunks_are_the_streams_chunks_in_order_then_its_end(depth):
+    # the engine takes chunks of two of the stream's (pmlsim.guest.JOINED_CHUNKS): the same
+    # writes, and a stream's end (here after its fifth chunk) still comes as an empty chunk
+    streams = [_Counting(5), _Counting(4), _Counting(0)]
+    pf = ChunkPrefetcher(streams, depth=depth, join=2)
+    try:
+        for v, expected in enumerate(([[1, 2], [3, 4], [5]], [[1, 2], [3, 4]], [])):
+            for numbers in expected:
+                times, gfns = pf.next_chunk(v)
+                assert times.tolist() == [n for n in numbers for _ in range(3)]
+                assert gfns.tolist() == [0, 1, 2] * len(numbers)
+            assert len(pf.next_chunk(v)[0]) == 0
+        assert [s.drawn for s in streams] == [6, 5, 1]  # nothing drawn past an empty chunk
+    finally:
+        pf.close()
+
+
 def test_the_engine_draws_a_chunk_itself_when_nobody_is_drawing_it():
     # depth 0: the worker never draws ahead, so every chunk is drawn by the caller, in order
     streams = [_Counting(3), _Counting(1)]
