@@ -70,22 +70,26 @@ class RandomStream(WriteStream):
     def next_chunk(self):
         if math.isinf(self.mean_gap_ns):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)  # an idle vCPU writes nothing
-        gaps = self.rng.exponential(self.mean_gap_ns, CHUNK)
-        times, self._t = _times(gaps, self._t)
-        return times, self.start + self._pages(CHUNK)
+        # numpy's exponential(scale) is scale times its standard exponential, draw for draw (its
+        # random_exponential), and the standard one's fill is faster: 5.9 against 8.0 ns a draw
+        unit = self.rng.standard_exponential(CHUNK)
+        times, self._t = _times(unit, self.mean_gap_ns, self._t)
+        return times, self._pages(CHUNK)
 
     def _pages(self, n: int) -> np.ndarray:
-        kind, rng, pages = self.w.kind, self.rng, self.pages
+        """The next ``n`` writes' GFNs (numpy's ``integers(a, b)`` is ``a + integers(0, b - a)``,
+        draw for draw: the region's start is added as they are drawn)."""
+        kind, rng, pages, start = self.w.kind, self.rng, self.pages, self.start
         if kind == "uniform":
-            return rng.integers(0, pages, n, dtype=np.int64)
+            return rng.integers(start, start + pages, n, dtype=np.int64)
         if kind == "hotcold":
             hot = max(1, int(pages * self.w.hot_fraction))
             u = rng.random(n)
-            hot_pages = rng.integers(0, hot, n, dtype=np.int64)
+            hot_pages = rng.integers(start, start + hot, n, dtype=np.int64)
             if pages <= hot:
                 return hot_pages
-            cold = rng.integers(0, pages - hot, n, dtype=np.int64)
-            return _hot_or_cold(u, self.w.hot_write_fraction, hot_pages, hot, cold)
+            cold = rng.integers(start + hot, start + pages, n, dtype=np.int64)
+            return _hot_or_cold(u, self.w.hot_write_fraction, hot_pages, cold)
         if kind == "zipf":
             # continuous inverse-CDF approximation of a Zipf law over ranks 1..pages
             s, u = self.w.zipf_s, rng.random(n)
@@ -95,33 +99,34 @@ class RandomStream(WriteStream):
                 rank = ((pages + 1.0) ** (1.0 - s) - 1.0) * u + 1.0
                 rank = rank ** (1.0 / (1.0 - s))
             r = np.clip(np.floor(rank).astype(np.int64) - 1, 0, pages - 1)
-            return (r * self._stride) % pages
+            return start + (r * self._stride) % pages
         # sequential sweep, wrapping at the end of the region (QEMU's migration-test pattern)
-        out = (self._seq + np.arange(n, dtype=np.int64)) % pages
+        out = start + (self._seq + np.arange(n, dtype=np.int64)) % pages
         self._seq = int((self._seq + n) % pages)
         return out
 
 
 @njit(cache=True, nogil=True)
-def _times(gaps, t0):
-    """Integer write times: ``t0`` plus the running sum of ``gaps``, truncated (the floor of
-    these positive times), and the last time unrounded. ``(t0 + np.cumsum(gaps)).astype(int64)``
-    in one compiled pass: the same additions in the same order, so the same times."""
-    times = np.empty(len(gaps), np.int64)
+def _times(unit, scale, t0):
+    """Integer write times: ``t0`` plus the running sum of the gaps ``scale * unit`` (standard
+    exponential draws), truncated (the floor of these positive times), and the last time
+    unrounded. ``(t0 + np.cumsum(scale * unit)).astype(int64)`` in one compiled pass: the same
+    products and additions in the same order, so the same times."""
+    times = np.empty(len(unit), np.int64)
     acc = 0.0
-    for i in range(len(gaps)):
-        acc += gaps[i]
+    for i in range(len(unit)):
+        acc += scale * unit[i]
         times[i] = np.int64(t0 + acc)
     return times, t0 + acc
 
 
 @njit(cache=True, nogil=True)
-def _hot_or_cold(u, hot_write_fraction, hot_pages, hot, cold):
+def _hot_or_cold(u, hot_write_fraction, hot_pages, cold_pages):
     """Each write's page: its hot page when its uniform draw ``u`` is below the hot fraction,
-    else its cold page (after the ``hot`` hot ones); ``np.where`` in one compiled pass."""
+    else its cold page; ``np.where`` in one compiled pass."""
     out = np.empty(len(u), np.int64)
     for i in range(len(u)):
-        out[i] = hot_pages[i] if u[i] < hot_write_fraction else hot + cold[i]
+        out[i] = hot_pages[i] if u[i] < hot_write_fraction else cold_pages[i]
     return out
 
 
