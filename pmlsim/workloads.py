@@ -175,14 +175,13 @@ class ChunkPrefetcher:
             parts = [self.streams[v].next_chunk()]
             while len(parts) < self.join and len(parts[-1][0]):
                 parts.append(self.streams[v].next_chunk())
+            end = parts.pop() if len(parts[-1][0]) == 0 else None  # the stream's empty last chunk
+            if len(parts) > 1:  # (joined outside the lock too)
+                parts = [(np.concatenate([t for t, _ in parts]), np.concatenate([g for _, g in parts]))]
         finally:
             self._cond.acquire()
             self._busy[v] = False
-        end = parts.pop() if len(parts[-1][0]) == 0 else None  # the stream's empty last chunk
-        if len(parts) == 1:
-            self._ready[v].append(parts[0])
-        elif parts:
-            self._ready[v].append((np.concatenate([t for t, _ in parts]), np.concatenate([g for _, g in parts])))
+        self._ready[v].extend(parts)
         if end is not None:
             self._ready[v].append(end)
         self._ended[v] = end is not None
