@@ -19,6 +19,7 @@ import argparse
 import ctypes
 import importlib.util
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +89,9 @@ def main() -> None:
     for path in args.variant:
         spec = importlib.util.spec_from_file_location(Path(path).stem, path)
         module = importlib.util.module_from_spec(spec)
+        # importable by its name: numba's cache of a variant's kernels (``cache=True``, as in the
+        # copy of pmlsim/lanes.py a variant is) finds its module again in a later run
+        sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         kernels[Path(path).name] = module.commit_v
     times: dict[str, list[float]] = {name: [] for name in kernels}
