@@ -657,16 +657,16 @@ class Guest:
         exit_reason = VmExit.PML_FULL if self.pml_enabled else VmExit.EPT_VIOLATION
         if defer:
             # the limit is the horizon: each lane plans and commits on its own, in one pass
-            rows = self._commit_lanes(vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon, ahead)
+            done = self._commit_lanes(vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon, ahead)
             if self._read_log is not None:
                 self._log_reads(G, eff2, starts_a, results[lanes.STOP])
             out = []
-            stop, first_wp = rows[lanes.STOP], rows[lanes.FIRST_WP]
-            for lane, start in enumerate(rows[lanes.DEFERRED]):
+            stop, first_wp = done[lanes.STOP], done[lanes.FIRST_WP]
+            for lane, start in enumerate(done[lanes.DEFERRED]):
                 if start >= 0:
                     p = stop[lane]
                     reason = VmExit.EPT_VIOLATION if p == first_wp[lane] else exit_reason
-                    out.append((vcs[lane].index, reason, rows[lanes.DEFERRED_GFN][lane], start))
+                    out.append((vcs[lane].index, reason, done[lanes.DEFERRED_GFN][lane], start))
             return int(horizon), None, out
         free = np.array([vc.pml.free for vc in vcs], dtype=np.int64)
         self._wid += 1
