@@ -1,10 +1,10 @@
 """numpy's PCG64 draws, compiled: the same numbers as ``numpy.random.Generator(PCG64)``.
 
 Every random write of a workload comes from its vCPU's PCG64 generator (pmlsim.workloads). numpy
-draws them one call at a time through a function pointer (3.9 ns per 64-bit word on this
-project's machine, 8.8 ns per standard exponential); the compiled loops here inline the
-generator and draw the same words at 2.7 and 5.6 ns (docs/performance.md). They are numpy's
-algorithms step for step, so a stream drawn here is the stream numpy would draw:
+draws one number at a time through the generator's function pointer; the compiled loops here
+inline the generator and keep its state in registers, which halves the cost of a write's draws
+(``benchmarks/draws.py``; docs/performance.md). They are numpy's algorithms step for step, so
+a stream drawn here is the stream numpy would draw:
 
 * the generator: PCG64 (XSL-RR 128/64), numpy's ``pcg64.h``; 32-bit draws take the low then
   the high half of one 64-bit word, the pending half kept in the state (``has_uint32``);
@@ -14,8 +14,9 @@ algorithms step for step, so a stream drawn here is the stream numpy would draw:
   numpy's tables (below, exactly);
 * ``random()``: the top 53 bits of a 64-bit word times 2**-53.
 
-``tests/test_workloads.py`` draws through both, across seeds, ranges (with rejections) and
-interleavings, and compares every number, so a change on either side is caught. The state
+``tests/test_pcg64.py`` and ``tests/test_workloads.py`` draw through both, across seeds, ranges
+(with rejections), the ziggurat's rare paths and interleavings, and compare every number, so a
+change on either side is caught. The state
 lives in a ``uint64[6]`` array (:func:`state_of`): the 128-bit state and increment as high and
 low words, then ``has_uint32`` and ``uinteger``.
 """
@@ -243,71 +244,91 @@ def _mul_high(typingctx, a, b):
     return sig, codegen
 
 
+# The draws keep the generator in local variables (registers) while they loop and store it back
+# once: through the state array, each word's state went to memory and came back (the array may
+# alias the output), and an exponential cost 4.6 ns instead of 2.6 ns (docs/performance.md).
+
+
 @njit(inline="always")
-def next_uint64(st):
-    """The next 64-bit word: state = state * multiplier + increment (mod 2**128), then the
-    XSL-RR output of the new state (``pcg_setseq_128_xsl_rr_64_random_r``)."""
-    s_hi, s_lo = st[STATE_HI], st[STATE_LO]
-    lo = s_lo * _MUL_LO
-    hi = _mul_high(s_lo, _MUL_LO) + s_hi * _MUL_LO + s_lo * _MUL_HI
-    lo2 = lo + st[INC_LO]
-    hi2 = hi + st[INC_HI] + np.uint64(lo2 < lo)
-    st[STATE_HI] = hi2
-    st[STATE_LO] = lo2
-    x = hi2 ^ lo2
-    r = hi2 >> np.uint64(58)
+def _step(hi, lo, inc_hi, inc_lo):
+    """The state after ``(hi, lo)``: state * multiplier + increment (mod 2**128)."""
+    p_lo = lo * _MUL_LO
+    p_hi = _mul_high(lo, _MUL_LO) + hi * _MUL_LO + lo * _MUL_HI
+    n_lo = p_lo + inc_lo
+    return p_hi + inc_hi + np.uint64(n_lo < p_lo), n_lo
+
+
+@njit(inline="always")
+def _output(hi, lo):
+    """The XSL-RR output of a state (``pcg_output_xsl_rr_128_64``)."""
+    x = hi ^ lo
+    r = hi >> np.uint64(58)
     return (x >> r) | (x << ((np.uint64(64) - r) & np.uint64(63)))
 
 
 @njit(inline="always")
-def next_uint32(st):
-    """The low half of a new word, or the high half of the last one (``pcg64_next32``)."""
-    if st[HAS_UINT32]:
-        st[HAS_UINT32] = 0
-        return st[UINTEGER]
-    w = next_uint64(st)
-    st[HAS_UINT32] = 1
-    st[UINTEGER] = w >> np.uint64(32)
-    return w & np.uint64(0xFFFFFFFF)
+def _load(st):
+    return st[STATE_HI], st[STATE_LO], st[INC_HI], st[INC_LO], st[HAS_UINT32], st[UINTEGER]
 
 
 @njit(inline="always")
-def next_double(st):
-    """``random()``: uniform on [0, 1)."""
-    return np.float64(next_uint64(st) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+def _store(st, hi, lo, has32, u32):
+    st[STATE_HI] = hi
+    st[STATE_LO] = lo
+    st[HAS_UINT32] = has32
+    st[UINTEGER] = u32
 
 
 @njit(inline="always")
-def bounded(st, rng):
+def _bounded(hi, lo, ih, il, has32, u32, rng):
     """A draw from 0..``rng`` inclusive (``rng`` below 2**32 - 1), Lemire's method as numpy's
-    ``buffered_bounded_lemire_uint32``."""
+    ``buffered_bounded_lemire_uint32``, from 32-bit draws (``pcg64_next32``: the low half of a
+    new word, then its high half). Returns (draw, hi, lo, has32, u32)."""
     if rng == 0:
-        return np.uint64(0)
+        return np.uint64(0), hi, lo, has32, u32
     rng_excl = rng + np.uint64(1)
-    m = next_uint32(st) * rng_excl
-    leftover = m & np.uint64(0xFFFFFFFF)
-    if leftover < rng_excl:
-        threshold = (np.uint64(0xFFFFFFFF) - rng) % rng_excl
-        while leftover < threshold:
-            m = next_uint32(st) * rng_excl
-            leftover = m & np.uint64(0xFFFFFFFF)
-    return m >> np.uint64(32)
+    threshold = np.uint64(0)
+    first = True
+    while True:
+        if has32:
+            w32 = u32
+            has32 = np.uint64(0)
+        else:
+            hi, lo = _step(hi, lo, ih, il)
+            w = _output(hi, lo)
+            w32 = w & np.uint64(0xFFFFFFFF)
+            u32 = w >> np.uint64(32)
+            has32 = np.uint64(1)
+        m = w32 * rng_excl
+        leftover = m & np.uint64(0xFFFFFFFF)
+        if first:
+            if leftover >= rng_excl:
+                return m >> np.uint64(32), hi, lo, has32, u32
+            threshold = (np.uint64(0xFFFFFFFF) - rng) % rng_excl
+            first = False
+        if leftover >= threshold:
+            return m >> np.uint64(32), hi, lo, has32, u32
 
 
 @njit(inline="always")
-def standard_exponential(st):
-    """A standard exponential draw, numpy's ziggurat (98.9 % of draws take one word)."""
+def _exponential_rest(hi, lo, ih, il, idx, x):
+    """The ziggurat's rare cases (about 1.1 % of draws), after a first word that fell outside
+    the base rectangle of step ``idx``: the tail past the base (``idx`` 0), or the wedge test,
+    and while it fails, new draws. Returns (value, hi, lo)."""
     while True:
-        ri = next_uint64(st) >> np.uint64(3)
+        hi, lo = _step(hi, lo, ih, il)
+        u = np.float64(_output(hi, lo) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+        if idx == 0:
+            return ZIGGURAT_EXP_R - np.log1p(-u), hi, lo
+        if (FE[idx - 1] - FE[idx]) * u + FE[idx] < np.exp(-x):
+            return x, hi, lo
+        hi, lo = _step(hi, lo, ih, il)
+        ri = _output(hi, lo) >> np.uint64(3)
         idx = ri & np.uint64(0xFF)
         ri >>= np.uint64(8)
         x = np.float64(ri) * WE[idx]
         if ri < KE[idx]:
-            return x
-        if idx == 0:
-            return ZIGGURAT_EXP_R - np.log1p(-next_double(st))
-        if (FE[idx - 1] - FE[idx]) * next_double(st) + FE[idx] < np.exp(-x):
-            return x
+            return x, hi, lo
 
 
 @njit(cache=True, nogil=True)
@@ -315,17 +336,23 @@ def integers(st, low, high, n):
     """``rng.integers(low, high, n, dtype=np.int64)``, for ``0 < high - low <= 2**32 - 1``."""
     out = np.empty(n, np.int64)
     rng = np.uint64(high - low - 1)
+    hi, lo, ih, il, has32, u32 = _load(st)
     for i in range(n):
-        out[i] = low + np.int64(bounded(st, rng))
+        d, hi, lo, has32, u32 = _bounded(hi, lo, ih, il, has32, u32, rng)
+        out[i] = low + np.int64(d)
+    _store(st, hi, lo, has32, u32)
     return out
 
 
 @njit(cache=True, nogil=True)
 def random(st, n):
-    """``rng.random(n)``."""
+    """``rng.random(n)``: uniform on [0, 1), the top 53 bits of a word times 2**-53."""
     out = np.empty(n, np.float64)
+    hi, lo, ih, il, has32, u32 = _load(st)
     for i in range(n):
-        out[i] = next_double(st)
+        hi, lo = _step(hi, lo, ih, il)
+        out[i] = np.float64(_output(hi, lo) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    _store(st, hi, lo, has32, u32)
     return out
 
 
@@ -334,10 +361,29 @@ def exponential_times(st, n, scale, t0):
     """``n`` write times spaced by exponential gaps of mean ``scale`` from ``t0``: the running
     sum of ``scale * rng.standard_exponential()`` (one product and one addition per draw, in
     order, as ``t0 + np.cumsum(scale * draws)``), truncated to int64; and the last sum
-    unrounded."""
+    unrounded. The draws are numpy's ziggurat (``random_standard_exponential``): 98.9 % take
+    one word and end in the inner loop, which calls nothing (with a call in it, the running
+    sum lived in memory: every floating-point register is the callee's to clobber)."""
     times = np.empty(n, np.int64)
+    hi, lo, ih, il, has32, u32 = _load(st)
     acc = 0.0
-    for i in range(n):
-        acc += scale * standard_exponential(st)
-        times[i] = np.int64(t0 + acc)
+    i = 0
+    while i < n:
+        while i < n:
+            hi, lo = _step(hi, lo, ih, il)
+            ri = _output(hi, lo) >> np.uint64(3)
+            idx = ri & np.uint64(0xFF)
+            ri >>= np.uint64(8)
+            x = np.float64(ri) * WE[idx]
+            if ri >= KE[idx]:
+                break
+            acc += scale * x
+            times[i] = np.int64(t0 + acc)
+            i += 1
+        if i < n:  # the draw that left the loop, finished
+            x, hi, lo = _exponential_rest(hi, lo, ih, il, idx, x)
+            acc += scale * x
+            times[i] = np.int64(t0 + acc)
+            i += 1
+    _store(st, hi, lo, has32, u32)
     return times, t0 + acc

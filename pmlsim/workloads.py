@@ -116,11 +116,10 @@ def _hot_or_cold(st, n, hot_write_fraction, start, hot, pages):
     out = pcg64.integers(st, start, start + hot, n)
     if pages <= hot:
         return out
-    cold = np.uint64(pages - hot - 1)
+    cold = pcg64.integers(st, start + hot, start + pages, n)
     for i in range(n):
-        c = start + hot + np.int64(pcg64.bounded(st, cold))  # drawn for every write, in order
         if u[i] >= hot_write_fraction:
-            out[i] = c
+            out[i] = cold[i]
     return out
 
 
