@@ -130,6 +130,8 @@ class Guest:
         #: the current window's stamp in ``ept.lane_stamp`` (pmlsim.lanes.plan's scratch)
         self._wid = 0
         self._buffers: dict[str, np.ndarray] = {}
+        #: the pages of the open read log, a bit each (:meth:`_read_log_marks`)
+        self._log_marks: np.ndarray | None = None
         #: a bit per page: the pages read in this window (pmlsim.lanes.writes_to's scratch)
         self._read_marks: np.ndarray | None = None
         #: draws the streams' chunks ahead on a worker thread (started at the first write)
@@ -238,16 +240,20 @@ class Guest:
         if not len(pages):
             return
         self._read_log = ([], pages, self.env.now)
+        lanes.mark_pages(self._read_log_marks(), pages, True)
         self._at(limit, simpy.events.URGENT).callbacks.append(lambda _ev: self._flush_reads(limit))
 
-    def _log_reads(self, G: np.ndarray, T: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> None:
-        log, pages, _ = self._read_log
-        idx = self._writes_to(G, starts, stops, pages)
-        log.append((G[idx], T[idx]))
+    def _read_log_marks(self) -> np.ndarray:
+        """A bit per page: the pages the open read log reads (the lanes' kernel keeps the
+        writes to them, ``lanes.commit``'s ``read_marks``)."""
+        if self._log_marks is None:
+            self._log_marks = np.zeros((self.ept.n_pages + 63) // 64, np.uint64)
+        return self._log_marks
 
     def _flush_reads(self, limit: int) -> None:
-        log, _, base = self._read_log
+        log, pages, base = self._read_log
         self._read_log = None
+        lanes.mark_pages(self._read_log_marks(), pages, False)
         G = np.concatenate([g for g, _ in log]) if log else np.zeros(0, np.int64)
         T = np.concatenate([t for _, t in log]) if log else np.zeros(0, np.int64)
         self._do_reads(G, T, limit=limit, inclusive=False, retired=True, base=base)
@@ -604,8 +610,9 @@ class Guest:
         # Each lane's writes up to its batch bound: every write before the horizon is among them
         # (the horizon is at most each lane's bound), and the kernels stop each lane there.
         # Lanes planning for themselves are read where their writes are (no copy, no search),
-        # unless the window needs them in one array afterwards: pages read, write faults, a trace.
-        in_place = defer and self.pml_enabled and self._read_log is None and not self.trace.enabled
+        # unless the window needs them in one array afterwards: write faults, a trace. (Its writes
+        # to pages read are found in place too, their times written by the kernel.)
+        in_place = defer and self.pml_enabled and not self.trace.enabled
         E = G = None
         if not in_place:  # only the writes before the horizon are copied
             takes = [self._before(horizon, *take) for take in takes]
@@ -658,8 +665,6 @@ class Guest:
         if defer:
             # the limit is the horizon: each lane plans and commits on its own, in one pass
             done = self._commit_lanes(vcs, starts, starts_a, table, results, eff2, G, c, identity, horizon, ahead)
-            if self._read_log is not None:
-                self._log_reads(G, eff2, starts_a, results[lanes.STOP])
             out = []
             stop, first_wp = done[lanes.STOP], done[lanes.FIRST_WP]
             for lane, start in enumerate(done[lanes.DEFERRED]):
@@ -851,10 +856,17 @@ class Guest:
         log_rec = self._scratch("log_rec", 2 * n if trace else 0).reshape(-1, 2)
         # (None: the kernel is compiled without that part)
         gpa, log_time = (self.pml_area.gpa, self.pml_area.log_time_ns) if self.pml_enabled else (None, None)
-        nx, nd, nl, age_sum, age_max = lanes.commit(
+        # a window whose reads wait for its end keeps its writes to the pages read (fused only:
+        # otherwise the reads are done from the window's writes in one array, _do_reads)
+        reads = horizon is not None and self._read_log is not None
+        read_gfn, read_time = (self._scratch("read_gfn", n), self._scratch("read_time", n)) if reads else (None, None)
+        nx, nd, nl, age_sum, age_max, nr = lanes.commit(
             eff2, table, starts_a, results, size, c, ept.n_pages, None if identity else ept.leaf_map(),
             ept.records, ept.epoch, gpa, log_time, drained_gfn, ex_rec, log_rec if trace else None, horizon,
+            self._read_log_marks() if reads else None, read_gfn, read_time,
         )  # fmt: skip
+        if reads:
+            self._read_log[0].append((read_gfn[:nr].copy(), read_time[:nr].copy()))
         ex_rec = ex_rec[:nx]
         if self.pml_enabled:
             if nx:

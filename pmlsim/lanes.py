@@ -240,7 +240,7 @@ def plan(
 @njit(cache=True, nogil=True)
 def commit(
     eff2, table, starts, results, size, c, n_pages, leaf_of_gfn, records, epoch,
-    pml_gpa, pml_time, drained_gfn, ex_rec, log_rec, horizon,
+    pml_gpa, pml_time, drained_gfn, ex_rec, log_rec, horizon, read_marks, read_gfn, read_time,
 ):  # fmt: skip
     """Pass 2: retire writes ``starts[l]`` to ``results[STOP, l]`` of every lane, in program
     order.
@@ -253,14 +253,18 @@ def commit(
     Each inline exit drains the lane's buffer into ``drained_gfn``. ``ex_rec`` rows: (write,
     exit start, first drained, end drained); ``log_rec`` rows: (write, PML index). Returns
     (exits, drained entries, logged-write records, sum and largest of the drained entries' ages:
-    exit start minus log time).
+    exit start minus log time, writes to pages read).
 
-    Five arguments may be None, which turns a part off when the kernel is compiled (numba
+    ``read_marks`` (None: no page is read in the window): a bit per page read in the window;
+    each retired write to one of those pages is kept, its GFN in ``read_gfn`` and its time in
+    ``read_time`` (the window's reads are done at its end, each seeing the writes before it).
+
+    Six arguments may be None, which turns a part off when the kernel is compiled (numba
     compiles one version per combination and prunes the branches, ``x is None``, that test
     them; as runtime flags they cost 8 % of the kernel's time, docs/performance.md):
     ``leaf_of_gfn`` (every GFN is its own 4 KiB leaf), ``pml_gpa`` and ``pml_time`` (no PML:
-    write protection), ``log_rec`` (no trace), ``horizon`` (not fused), and, fused, ``eff2``
-    (nobody reads the writes' times afterwards).
+    write protection), ``log_rec`` (no trace), ``horizon`` (not fused), ``read_marks`` (no
+    page read), and, fused, ``eff2`` (nobody reads the writes' times afterwards).
 
     Fused (a ``horizon``: plan and commit in one pass, when the limit is the horizon whatever
     the other lanes do): each write's time is its guest time plus the lane's ``OFFSET`` plus its
@@ -269,7 +273,7 @@ def commit(
     (``DEFERRED``: its start, -1 for none, and ``DEFERRED_GFN`` its write's GFN; a fault's write
     in ``FIRST_WP``, else the lane's end); ``STOP`` is filled. Otherwise ``eff2`` and ``STOP``
     come from :func:`plan`."""
-    nd, nx, nl = 0, 0, 0
+    nd, nx, nl, nr = 0, 0, 0, 0
     age_sum, age_max = 0, 0
     stops, first_wp, deferred = results[STOP], results[FIRST_WP], results[DEFERRED]
     for lane in range(len(starts) - 1):
@@ -379,10 +383,14 @@ def commit(
             rp.last_vcpu = v
             rp.last_time_ns = t
             rp.last_kind = kind
+            if read_marks is not None and (read_marks[g >> 6] >> np.uint64(g & 63)) & np.uint64(1):
+                read_gfn[nr] = g  # (rare: a few thousand pages are read in a window)
+                read_time[nr] = t
+                nr += 1
         table[lane, PML_INDEX] = idx
         results[N_LOGGED, lane] = logged
         results[N_EXITS, lane] = exits
-    return nx, nd, nl, age_sum, age_max
+    return nx, nd, nl, age_sum, age_max, nr
 
 
 @njit(cache=True, nogil=True)
@@ -407,3 +415,14 @@ def writes_to(G, starts, stops, pages, marks):
     for p in pages:
         marks[p >> 6] = 0
     return out
+
+
+@njit(cache=True, nogil=True)
+def mark_pages(marks, pages, on):
+    """Set (``on``) or clear the bits of ``pages`` in the bitmap ``marks`` (one per page)."""
+    for p in pages:
+        bit = np.uint64(1) << np.uint64(p & 63)
+        if on:
+            marks[p >> 6] |= bit
+        else:
+            marks[p >> 6] &= ~bit
