@@ -5,8 +5,9 @@ it runs, so an exit delays its later writes instead of dropping them. A script g
 simulation times: a scripted write whose vCPU is stopped at that time is issued when the vCPU
 resumes, and later scripted writes keep their times.
 
-Each vCPU draws from its own ``numpy.random.Generator`` spawned from
-``SeedSequence(seed)``; writes are generated in fixed-size chunks, so what a vCPU writes never
+Each vCPU draws from its own ``numpy.random.Generator`` (PCG64) spawned from
+``SeedSequence(seed)``, its numbers made by pmlsim's compiled copy of it (:mod:`pmlsim.pcg64`:
+numpy's numbers, faster); writes are generated in fixed-size chunks, so what a vCPU writes never
 depends on how the engine consumes it.
 """
 
@@ -126,7 +127,7 @@ def _hot_or_cold(st, n, hot_write_fraction, start, hot, pages):
 class ChunkPrefetcher:
     """Draws the vCPUs' next chunks on a worker thread while the engine retires earlier ones.
 
-    numpy's generators release the GIL while they fill arrays, so drawing overlaps the compiled
+    The compiled draws (:mod:`pmlsim.pcg64`) release the GIL, so drawing overlaps the compiled
     lanes on a second core. Each stream is drawn by one thread at a time, in order, up to
     ``depth`` chunks ahead: what every vCPU writes is unchanged (and so every result). When the
     engine needs a chunk nobody is drawing yet, it draws it itself rather than wait (drawing
