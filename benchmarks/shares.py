@@ -44,9 +44,10 @@ def main() -> None:
         (collector.Collector, "_on_read"),
         (verify.ConsumerCopy, "take_now"),
         (verify.ConsumerCopy, "behind_at"),
+        (verify.ConsumerCopy, "behind_count"),
         (verify.ConsumerCopy, "caught_up"),
         (verify.ConsumerCopy, "check"),
-        (verify.ConsumerCopy, "check_pages"),
+        (verify.ConsumerCopy, "check_pages_and_late"),
         (dirty_log.DirtyLog, "read_and_clear"),
         (ept.Ept, "clear_d_bits"),
     ]:

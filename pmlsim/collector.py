@@ -126,34 +126,36 @@ class Collector:
         pages = rec.collected
         copy = self.copy.version
         prev = self._prev_read
+        strict = final or rec.drained_and_stopped
+        # the pages the previous read kept (sparse) and a check of them only: the late count
+        # comes from the lost check's pass (ConsumerCopy.check_pages_and_late)
+        sparse_check = prev is not None and prev.pages is not None and not strict
         # the copy before this collection's take, where the previous read is compared
+        before, n_before = None, 0
         if prev is None:
-            before = None
+            pass
         elif prev.pages is None:
             before = copy.copy()
+        elif sparse_check:
+            n_before = self.copy.behind_count(prev)
         else:
             before = self.copy.behind_at(prev)
         self.copy.take_now(pages, self.memory.version, self.env.now)
         self.pages_collected += len(pages)
-        strict = final or rec.drained_and_stopped
-        late = 0
-        if prev is not None:
+        late = lost = 0
+        if strict:
+            lost = self.copy.check(self.memory.version, None, self.env.now)
+        elif prev is not None and prev.pages is None:
+            lost = self.copy.check(prev.version, prev, self.env.now)
+        elif sparse_check:
+            lost, late = self.copy.check_pages_and_late(prev, n_before, self.env.now)
+        if prev is not None and not sparse_check:
             # late: behind at the previous read, caught up only by this collection
             if prev.pages is None:
                 late = int(np.count_nonzero((before < prev.version) & (copy >= prev.version)))
             else:
                 late = self.copy.caught_up(prev, before)
-            self.late_pages += late
-        if strict:
-            lost = self.copy.check(self.memory.version, None, self.env.now)
-        elif prev is not None:
-            lost = (
-                self.copy.check(prev.version, prev, self.env.now)
-                if prev.pages is None
-                else self.copy.check_pages(prev, self.env.now)
-            )
-        else:
-            lost = 0
+        self.late_pages += late
         self._prev_read = self._this_read
         self.collections.append(
             Collection(self.env.now, rec.read_ns, len(pages), rec.in_flight_entries, late, lost, strict)

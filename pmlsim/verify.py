@@ -100,6 +100,11 @@ class ConsumerCopy:
         """Per page of a sparse snapshot: is this copy behind the snapshot's version?"""
         return _behind_at(snap.pages, snap.version, self.version)
 
+    def behind_count(self, snap: MemorySnapshot) -> int:
+        """How many pages of a sparse snapshot this copy is behind on (:meth:`behind_at`,
+        counted)."""
+        return int(_behind_count(snap.pages, snap.version, self.version))
+
     def caught_up(self, snap: MemorySnapshot, was_behind: np.ndarray) -> int:
         """Pages of a sparse snapshot the copy was behind on (``was_behind``) and holds now."""
         return _caught_up(snap.pages, snap.version, self.version, was_behind)
@@ -115,12 +120,16 @@ class ConsumerCopy:
         bad = _still_behind_all(required, self.version, self._reported)
         return self._report(bad, required[bad], snap if snap is not None else self.memory, bad, now_ns)
 
-    def check_pages(self, snap: MemorySnapshot, now_ns: int) -> int:
-        """:meth:`check` against a snapshot of some pages only (``snap.pages``, ascending): the
-        pages this copy was behind on at the snapshot; on every other page it is up to date."""
+    def check_pages_and_late(self, snap: MemorySnapshot, n_behind_before: int, now_ns: int) -> tuple[int, int]:
+        """:meth:`check` against a snapshot of some pages only (``snap.pages``, ascending: the
+        pages this copy was behind on at the snapshot; on every other page it is up to date),
+        and :meth:`caught_up` in the same pass: (lost, late), given how many of those pages the
+        copy was behind on before its take (:meth:`behind_count`). The copy only grows, so a
+        page still behind now was behind then: the late ones are those behind then, less those
+        still behind now."""
         pages, required = snap.pages, snap.version
-        sel = _still_behind(pages, required, self.version, self._reported)
-        return self._report(pages[sel], required[sel], snap, sel, now_ns)
+        sel, n_still = _still_behind_counted(pages, required, self.version, self._reported)
+        return self._report(pages[sel], required[sel], snap, sel, now_ns), n_behind_before - int(n_still)
 
     def _report(self, bad: np.ndarray, required: np.ndarray, src, at: np.ndarray, now_ns: int) -> int:
         """Report pages ``bad`` lost; their last writers are ``src``'s arrays at ``at``."""
@@ -213,6 +222,14 @@ def _behind_at(pages, required, copy_version):
 
 
 @njit(cache=True, nogil=True)
+def _behind_count(pages, required, copy_version):
+    n = 0
+    for i in range(len(pages)):
+        n += copy_version[pages[i]] < required[i]
+    return n
+
+
+@njit(cache=True, nogil=True)
 def _caught_up(pages, required, copy_version, was_behind):
     n = 0
     for i in range(len(pages)):
@@ -222,13 +239,17 @@ def _caught_up(pages, required, copy_version, was_behind):
 
 
 @njit(cache=True, nogil=True)
-def _still_behind(pages, required, copy_version, reported):
-    """Indexes i where the copy of ``pages[i]`` is older than ``required[i]``, not reported."""
+def _still_behind_counted(pages, required, copy_version, reported):
+    """Indexes i where the copy of ``pages[i]`` is older than ``required[i]``, not reported;
+    and how many pages the copy is older on, reported or not."""
     out = np.empty(len(pages), np.int64)
     k = 0
+    n = 0
     for i in range(len(pages)):
         g = pages[i]
-        if copy_version[g] < required[i] and required[i] >= reported[g]:
+        behind = copy_version[g] < required[i]
+        n += behind
+        if behind and required[i] >= reported[g]:
             out[k] = i
             k += 1
-    return out[:k].copy()
+    return out[:k].copy(), n
