@@ -43,11 +43,9 @@ def main() -> None:
     for owner, name in [
         (collector.Collector, "_on_read"),
         (verify.ConsumerCopy, "take_now"),
-        (verify.ConsumerCopy, "behind_at"),
         (verify.ConsumerCopy, "behind_count"),
-        (verify.ConsumerCopy, "caught_up"),
         (verify.ConsumerCopy, "check"),
-        (verify.ConsumerCopy, "check_pages_and_late"),
+        (verify.ConsumerCopy, "check_pages"),
         (dirty_log.DirtyLog, "read_and_clear"),
         (ept.Ept, "clear_d_bits"),
     ]:

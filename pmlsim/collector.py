@@ -127,34 +127,31 @@ class Collector:
         copy = self.copy.version
         prev = self._prev_read
         strict = final or rec.drained_and_stopped
-        # the pages the previous read kept (sparse) and a check of them only: the late count
-        # comes from the lost check's pass (ConsumerCopy.check_pages_and_late)
-        sparse_check = prev is not None and prev.pages is not None and not strict
-        # the copy before this collection's take, where the previous read is compared
-        before, n_before = None, 0
+        # the copy before this collection's take, where the previous read is compared; of a
+        # sparse read (the pages the copy was behind on), how many it is still behind on. Late
+        # pages were behind at the previous read and are caught up now: the copy only grows, so
+        # they are those behind before the take less those behind after it.
+        before = n_before = None
         if prev is None:
             pass
         elif prev.pages is None:
             before = copy.copy()
-        elif sparse_check:
-            n_before = self.copy.behind_count(prev)
         else:
-            before = self.copy.behind_at(prev)
+            n_before = self.copy.behind_count(prev)
         self.copy.take_now(pages, self.memory.version, self.env.now)
         self.pages_collected += len(pages)
         late = lost = 0
+        n_after = None
         if strict:
             lost = self.copy.check(self.memory.version, None, self.env.now)
         elif prev is not None and prev.pages is None:
             lost = self.copy.check(prev.version, prev, self.env.now)
-        elif sparse_check:
-            lost, late = self.copy.check_pages_and_late(prev, n_before, self.env.now)
-        if prev is not None and not sparse_check:
-            # late: behind at the previous read, caught up only by this collection
-            if prev.pages is None:
-                late = int(np.count_nonzero((before < prev.version) & (copy >= prev.version)))
-            else:
-                late = self.copy.caught_up(prev, before)
+        elif prev is not None:
+            lost, n_after = self.copy.check_pages(prev, self.env.now)  # (counts in the same pass)
+        if before is not None:
+            late = int(np.count_nonzero((before < prev.version) & (copy >= prev.version)))
+        elif n_before is not None:
+            late = n_before - (self.copy.behind_count(prev) if n_after is None else n_after)
         self.late_pages += late
         self._prev_read = self._this_read
         self.collections.append(

@@ -96,18 +96,10 @@ class ConsumerCopy:
         """When page ``gfn`` was last taken (-1: never)."""
         return int(self._taken_ns_1[gfn]) - 1
 
-    def behind_at(self, snap: MemorySnapshot) -> np.ndarray:
-        """Per page of a sparse snapshot: is this copy behind the snapshot's version?"""
-        return _behind_at(snap.pages, snap.version, self.version)
-
     def behind_count(self, snap: MemorySnapshot) -> int:
-        """How many pages of a sparse snapshot this copy is behind on (:meth:`behind_at`,
-        counted)."""
+        """How many pages of a sparse snapshot this copy is behind on (its version older than
+        the snapshot's)."""
         return int(_behind_count(snap.pages, snap.version, self.version))
-
-    def caught_up(self, snap: MemorySnapshot, was_behind: np.ndarray) -> int:
-        """Pages of a sparse snapshot the copy was behind on (``was_behind``) and holds now."""
-        return _caught_up(snap.pages, snap.version, self.version, was_behind)
 
     def note_sync(self, rec: SyncRecord) -> None:
         self._in_flight = [*self._in_flight[-1:], rec.in_flight_gfns]
@@ -120,16 +112,14 @@ class ConsumerCopy:
         bad = _still_behind_all(required, self.version, self._reported)
         return self._report(bad, required[bad], snap if snap is not None else self.memory, bad, now_ns)
 
-    def check_pages_and_late(self, snap: MemorySnapshot, n_behind_before: int, now_ns: int) -> tuple[int, int]:
+    def check_pages(self, snap: MemorySnapshot, now_ns: int) -> tuple[int, int]:
         """:meth:`check` against a snapshot of some pages only (``snap.pages``, ascending: the
-        pages this copy was behind on at the snapshot; on every other page it is up to date),
-        and :meth:`caught_up` in the same pass: (lost, late), given how many of those pages the
-        copy was behind on before its take (:meth:`behind_count`). The copy only grows, so a
-        page still behind now was behind then: the late ones are those behind then, less those
-        still behind now."""
+        pages this copy was behind on at the snapshot; on every other page it is up to date).
+        Returns (lost, how many of those pages the copy is still behind on, reported before or
+        not: :meth:`behind_count`, counted in the same pass)."""
         pages, required = snap.pages, snap.version
-        sel, n_still = _still_behind_counted(pages, required, self.version, self._reported)
-        return self._report(pages[sel], required[sel], snap, sel, now_ns), n_behind_before - int(n_still)
+        sel, n_behind = _still_behind_counted(pages, required, self.version, self._reported)
+        return self._report(pages[sel], required[sel], snap, sel, now_ns), int(n_behind)
 
     def _report(self, bad: np.ndarray, required: np.ndarray, src, at: np.ndarray, now_ns: int) -> int:
         """Report pages ``bad`` lost; their last writers are ``src``'s arrays at ``at``."""
@@ -214,27 +204,10 @@ def _still_behind_all(required, copy_version, reported):
 
 
 @njit(cache=True, nogil=True)
-def _behind_at(pages, required, copy_version):
-    out = np.empty(len(pages), np.bool_)
-    for i in range(len(pages)):
-        out[i] = copy_version[pages[i]] < required[i]
-    return out
-
-
-@njit(cache=True, nogil=True)
 def _behind_count(pages, required, copy_version):
     n = 0
     for i in range(len(pages)):
         n += copy_version[pages[i]] < required[i]
-    return n
-
-
-@njit(cache=True, nogil=True)
-def _caught_up(pages, required, copy_version, was_behind):
-    n = 0
-    for i in range(len(pages)):
-        if was_behind[i] and copy_version[pages[i]] >= required[i]:
-            n += 1
     return n
 
 
