@@ -394,11 +394,21 @@ def commit(
 
 
 @njit(cache=True, nogil=True)
+def mark_pages(marks, pages, on):
+    """Set (``on``) or clear the bits of ``pages`` in the bitmap ``marks`` (one per page)."""
+    for p in pages:
+        bit = np.uint64(1) << np.uint64(p & 63)
+        if on:
+            marks[p >> 6] |= bit
+        else:
+            marks[p >> 6] &= ~bit
+
+
+@njit(cache=True, nogil=True)
 def writes_to(G, starts, stops, pages, marks):
     """Indexes of the writes ``G[starts[l]:stops[l]]`` (every lane l) that go to one of
     ``pages``, in order. ``marks``: a zeroed bit per page, left zeroed."""
-    for p in pages:
-        marks[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+    mark_pages(marks, pages, True)
     n = 0
     for lane in range(len(stops)):
         for i in range(starts[lane], stops[lane]):
@@ -412,17 +422,5 @@ def writes_to(G, starts, stops, pages, marks):
             if (marks[g >> 6] >> np.uint64(g & 63)) & np.uint64(1):
                 out[k] = i
                 k += 1
-    for p in pages:
-        marks[p >> 6] = 0
+    mark_pages(marks, pages, False)
     return out
-
-
-@njit(cache=True, nogil=True)
-def mark_pages(marks, pages, on):
-    """Set (``on``) or clear the bits of ``pages`` in the bitmap ``marks`` (one per page)."""
-    for p in pages:
-        bit = np.uint64(1) << np.uint64(p & 63)
-        if on:
-            marks[p >> 6] |= bit
-        else:
-            marks[p >> 6] &= ~bit
